@@ -1,1 +1,9 @@
+//! The Shoal agent and the `shoal` command-line tool.
+//!
+//! This crate owns everything that runs on a workstation: today the `shoal`
+//! CLI's key and package commands ([`cli`]); the daemon's discovery,
+//! transport, swarm scheduler, chunk store and local API grow beside it.
+//! Formats and the wire contract live in `shoal-proto`, fleet management in
+//! `shoal-controller`.
 
+pub mod cli;

@@ -49,12 +49,8 @@ pub enum KeyError {
     BadSecretKey(String),
     #[error("the operating system's random source failed: {0}")]
     Random(String),
-    #[error("{path}: {source}")]
-    Io {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("{path}: {cause}")]
+    Io { path: String, cause: std::io::Error },
 }
 
 /// A publisher's Ed25519 verifying key, written `ed25519:<hex>`.
@@ -74,9 +70,9 @@ impl PublicKey {
 
     /// Reads a file holding one `ed25519:<hex>` line.
     pub fn load(path: &Path) -> Result<Self, KeyError> {
-        let text = std::fs::read_to_string(path).map_err(|source| KeyError::Io {
+        let text = std::fs::read_to_string(path).map_err(|cause| KeyError::Io {
             path: path.display().to_string(),
-            source,
+            cause,
         })?;
         text.trim().parse()
     }
@@ -144,9 +140,9 @@ impl PublisherKey {
     }
 
     pub fn load(path: &Path) -> Result<Self, KeyError> {
-        let text = std::fs::read_to_string(path).map_err(|source| KeyError::Io {
+        let text = std::fs::read_to_string(path).map_err(|cause| KeyError::Io {
             path: path.display().to_string(),
-            source,
+            cause,
         })?;
         Self::from_pem(&text)
     }

@@ -49,9 +49,9 @@ where
     E: Send,
 {
     let threads = threads.max(1);
-    let (job_tx, job_rx) = bounded::<(usize, Vec<u8>)>(threads * 2);
+    let (job_tx, job_rx) = bounded::<(usize, Vec<u8>)>(threads);
     let (res_tx, res_rx) = bounded::<(usize, blake3::Hash)>(threads * 4);
-    let (buf_tx, buf_rx) = bounded::<Vec<u8>>(threads + 2);
+    let (buf_tx, buf_rx) = bounded::<Vec<u8>>(threads + 1);
 
     thread::scope(|s| {
         let producer = s.spawn(move || {

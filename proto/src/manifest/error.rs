@@ -8,7 +8,7 @@ use super::path::PathError;
 #[non_exhaustive]
 pub enum ManifestError {
     #[error("manifest is not valid protobuf (truncated or not a manifest): {0}")]
-    Decode(#[source] prost::DecodeError),
+    Decode(prost::DecodeError),
     #[error(
         "manifest bytes are not in canonical encoding (first difference at byte {offset}); it was not produced by Shoal or was altered"
     )]
@@ -34,12 +34,11 @@ pub enum ManifestError {
     BadKeyId { key_id: String },
     #[error("label {key:?}: {reason}")]
     BadLabel { key: String, reason: String },
-    #[error("files[{index}] {path:?}: {source}")]
+    #[error("files[{index}] {path:?}: {reason}")]
     BadPath {
         index: usize,
         path: String,
-        #[source]
-        source: PathError,
+        reason: PathError,
     },
     #[error("files[{index}] {path:?}: {reason}")]
     BadEntry {

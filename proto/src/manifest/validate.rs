@@ -140,10 +140,10 @@ impl Manifest {
         let mut index: HashMap<&str, usize> = HashMap::with_capacity(self.files.len());
         let mut prev: Option<&str> = None;
         for (i, f) in self.files.iter().enumerate() {
-            validate_rel_path(&f.path).map_err(|source| ManifestError::BadPath {
+            validate_rel_path(&f.path).map_err(|reason| ManifestError::BadPath {
                 index: i,
                 path: f.path.clone(),
-                source,
+                reason,
             })?;
             if let Some(&first) = index.get(f.path.as_str()) {
                 return Err(ManifestError::DuplicatePath {

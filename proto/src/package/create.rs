@@ -31,11 +31,10 @@ pub struct CreateOptions {
 pub enum CreateError {
     #[error(transparent)]
     Scan(#[from] ScanError),
-    #[error("{path}: {source}")]
+    #[error("{path}: {cause}")]
     Io {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("{path}: file changed while it was being hashed ({detail}); package a stable copy")]
     Changed { path: PathBuf, detail: String },
@@ -66,9 +65,9 @@ pub fn create_manifest(
     let (layout, hashes) = pipeline::hash_pieces(opts.threads, progress, |sink| {
         let mut layout: Vec<(u32, u64, u32)> = Vec::new();
         for &(index, path, size) in &files {
-            let io = |source| CreateError::Io {
+            let io = |cause| CreateError::Io {
                 path: path.to_owned(),
-                source,
+                cause,
             };
             let mut f = File::open(path).map_err(io)?;
             let read = cut_stream(&mut f, spec, size, sink, |off, len| {

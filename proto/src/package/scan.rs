@@ -18,11 +18,10 @@ pub struct ScannedEntry {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ScanError {
-    #[error("{path}: {source}")]
+    #[error("{path}: {cause}")]
     Io {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("{path}: file name is not valid UTF-8; rename it to package it")]
     NonUtf8 { path: PathBuf },
@@ -31,9 +30,9 @@ pub enum ScanError {
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ScanError + '_ {
-    move |source| ScanError::Io {
+    move |cause| ScanError::Io {
         path: path.to_owned(),
-        source,
+        cause,
     }
 }
 
@@ -63,7 +62,7 @@ pub fn scan(root: &Path) -> Result<Vec<ScannedEntry>, ScanError> {
             let path = e.path().unwrap_or(root).to_owned();
             ScanError::Io {
                 path,
-                source: e
+                cause: e
                     .into_io_error()
                     .unwrap_or_else(|| std::io::Error::other("file system loop")),
             }

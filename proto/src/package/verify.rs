@@ -103,11 +103,10 @@ impl ContentReport {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum VerifyContentError {
-    #[error("{path}: {source}")]
+    #[error("{path}: {cause}")]
     Io {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("{path}: changed while it was being checked")]
     Changed { path: PathBuf },
@@ -124,7 +123,7 @@ pub fn verify_content(
 ) -> Result<ContentReport, VerifyContentError> {
     let io = |path: &Path| {
         let path = path.to_owned();
-        move |source| VerifyContentError::Io { path, source }
+        move |cause| VerifyContentError::Io { path, cause }
     };
     let root_meta = std::fs::metadata(root).map_err(io(root))?;
     let single_file = root_meta.is_file();
@@ -212,7 +211,7 @@ pub fn verify_content(
         for item in walkdir::WalkDir::new(root).min_depth(1).follow_links(false) {
             let item = item.map_err(|e| VerifyContentError::Io {
                 path: e.path().unwrap_or(root).to_owned(),
-                source: e
+                cause: e
                     .into_io_error()
                     .unwrap_or_else(|| std::io::Error::other("file system loop")),
             })?;
