@@ -7,6 +7,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/shoal/v1/swarm.proto",
         "proto/shoal/v1/controller.proto",
         "proto/shoal/v1/admin.proto",
+        "proto/shoal/v1/local.proto",
     ];
     for f in &files {
         println!("cargo:rerun-if-changed={f}");

@@ -6,4 +6,14 @@
 //! Formats and the wire contract live in `shoal-proto`, fleet management in
 //! `shoal-controller`.
 
+pub mod agent;
 pub mod cli;
+pub mod config;
+pub mod discovery;
+pub mod events;
+pub mod limits;
+pub mod local_api;
+pub mod store;
+pub mod swarm;
+pub mod transfers;
+pub mod transport;

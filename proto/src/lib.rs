@@ -12,9 +12,11 @@
 
 pub mod chunking;
 pub mod content_id;
+pub mod identity;
 pub mod manifest;
 pub mod package;
 pub mod pb;
+pub mod pki;
 pub mod signing;
 pub mod units;
 

@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 
+pub mod swarm;
+
 /// Path of a workspace binary (`shoal`, `shoal-agent`, …), built fresh.
 ///
 /// Test binaries live in `target/<profile>/deps/`; the workspace's binaries

@@ -1,0 +1,280 @@
+//! The agent: wiring every part together, and taking it down in order.
+//!
+//! Start-up: identity and TLS → store (resumes and re-verifies) → swarm
+//! listener → discovery → transfer queue (resumes downloads) → local API.
+//! Shutdown: stop accepting and cancel every task (one token), wait for
+//! them with a deadline, flush the store.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tonic::transport::Server;
+
+use crate::config::AgentConfig;
+use crate::discovery::{self, PeerTable, mdns};
+use crate::events::Events;
+use crate::limits::RateLimiter;
+use crate::local_api::LocalApi;
+use crate::store::{PackageState, Store, StoreError};
+use crate::swarm::{
+    Counters, SwarmContext, pool::PeerPool, reputation::Reputation, service::SwarmService,
+};
+use crate::transfers::{self, Transfers};
+use crate::transport::client::Connector;
+use crate::transport::tls::{DenyList, TlsError, TlsIdentity};
+use crate::transport::{self, server::tls_incoming};
+
+/// How long shutdown waits for tasks before giving up on them.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// Why the agent could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot listen on {addr}: {cause}")]
+    Listen {
+        addr: SocketAddr,
+        cause: std::io::Error,
+    },
+    #[error("local API socket {path}: {cause}")]
+    Socket {
+        path: PathBuf,
+        cause: std::io::Error,
+    },
+    #[error(transparent)]
+    Mdns(#[from] mdns::MdnsError),
+}
+
+/// A running agent.
+#[derive(Debug)]
+pub struct Agent {
+    ctx: Arc<SwarmContext>,
+    transfers: Transfers,
+    listen: SocketAddr,
+    socket: PathBuf,
+}
+
+impl Agent {
+    /// Starts every part; returns once the agent is serving.
+    pub async fn start(config: AgentConfig) -> Result<Self, StartError> {
+        let tls = TlsIdentity::load(&config.tls)?;
+        let identity = tls.identity.clone();
+        let store = Store::open(&config.data_dir, config.limits.cache_quota).await?;
+
+        let listener =
+            TcpListener::bind(config.listen)
+                .await
+                .map_err(|cause| StartError::Listen {
+                    addr: config.listen,
+                    cause,
+                })?;
+        let listen = listener.local_addr().map_err(|cause| StartError::Listen {
+            addr: config.listen,
+            cause,
+        })?;
+        let deny = Arc::new(DenyList::new(config.deny.clone()));
+        let server_tls = tls.server_config(deny.clone())?;
+        let client_tls = tls.client_config(deny.clone())?;
+
+        let tasks = TaskTracker::new();
+        let cancel = CancellationToken::new();
+        let peers = Arc::new(PeerTable::new(&identity.agent_id));
+        discovery::add_static_peers(&peers, &config.static_peers);
+
+        let mut local_addrs: Vec<IpAddr> = config.advertise.iter().map(|a| a.ip()).collect();
+        if !listen.ip().is_unspecified() {
+            local_addrs.push(listen.ip());
+        }
+        let ctx = Arc::new(SwarmContext {
+            identity: identity.clone(),
+            store,
+            peers: peers.clone(),
+            pool: PeerPool::new(Connector::new(client_tls)),
+            reputation: Reputation::new(config.swarm.ban_threshold, config.swarm.ban_duration),
+            upload_limit: RateLimiter::new(config.limits.upload_rate),
+            download_limit: RateLimiter::new(config.limits.download_rate),
+            upload_slots: Arc::new(Semaphore::new(config.limits.upload_slots as usize)),
+            upload_slot_count: config.limits.upload_slots,
+            trusted: RwLock::new(config.trusted_publishers.clone()),
+            settings: config.swarm.clone(),
+            events: Events::new(),
+            deny,
+            counters: Counters::default(),
+            local_addrs: local_addrs.clone(),
+            tasks: tasks.clone(),
+            cancel: cancel.clone(),
+        });
+
+        // Swarm service.
+        let incoming = tls_incoming(listener, server_tls, cancel.clone(), &tasks);
+        let swarm = Server::builder()
+            .initial_stream_window_size(Some(transport::STREAM_WINDOW))
+            .initial_connection_window_size(Some(transport::CONNECTION_WINDOW))
+            .max_frame_size(Some(1 << 20))
+            .http2_keepalive_interval(Some(transport::KEEPALIVE_INTERVAL))
+            .http2_keepalive_timeout(Some(transport::KEEPALIVE_TIMEOUT))
+            .add_service(SwarmService::new(ctx.clone()).into_server())
+            .serve_with_incoming_shutdown(incoming, cancel.clone().cancelled_owned());
+        tasks.spawn(async move {
+            if let Err(e) = swarm.await {
+                tracing::error!("swarm service stopped: {e}");
+            }
+        });
+
+        // Discovery.
+        if config.mdns {
+            let ann = mdns::Announcement {
+                agent_id: identity.agent_id.clone(),
+                port: listen.port(),
+                addrs: local_addrs.clone(),
+                fingerprint: identity.fingerprint.clone(),
+            };
+            let (daemon, events) = mdns::start(&ann)?;
+            tasks.spawn(mdns::browse_task(
+                daemon,
+                events,
+                peers.clone(),
+                cancel.clone(),
+            ));
+        }
+        tasks.spawn(discovery::sweep_task(
+            peers.clone(),
+            config.peer_timeout,
+            cancel.clone(),
+        ));
+
+        // Transfers, resuming what was downloading before a restart.
+        let transfers = transfers::start(ctx.clone(), config.limits.max_concurrent_downloads);
+        for pkg in ctx.store.list() {
+            let r = pkg.record();
+            if r.state == PackageState::Downloading {
+                tracing::info!(package = %pkg.name_version(), held = pkg.have().count(), "resuming download");
+                transfers.enqueue(pkg.clone(), r.priority).await;
+            }
+        }
+
+        // Local API.
+        let api = LocalApi {
+            ctx: ctx.clone(),
+            transfers: transfers.clone(),
+            listen_addrs: vec![listen.to_string()],
+            started: Instant::now(),
+        };
+        serve_local_api(api, &config.socket, &tasks, cancel.clone())?;
+
+        tracing::info!(
+            agent = %identity.agent_id,
+            groups = ?identity.groups,
+            listen = %listen,
+            socket = %config.socket.display(),
+            mdns = config.mdns,
+            static_peers = config.static_peers.len(),
+            "agent started"
+        );
+        Ok(Self {
+            ctx,
+            transfers,
+            listen,
+            socket: config.socket.clone(),
+        })
+    }
+
+    pub fn listen_addr(&self) -> SocketAddr {
+        self.listen
+    }
+
+    pub fn socket_path(&self) -> &std::path::Path {
+        &self.socket
+    }
+
+    pub fn context(&self) -> &Arc<SwarmContext> {
+        &self.ctx
+    }
+
+    pub fn transfers(&self) -> &Transfers {
+        &self.transfers
+    }
+
+    /// Stops everything: cancel, wait (bounded), flush.
+    pub async fn shutdown(self) {
+        tracing::info!(agent = %self.ctx.identity.agent_id, "shutting down");
+        self.ctx.cancel.cancel();
+        self.ctx.tasks.close();
+        if tokio::time::timeout(SHUTDOWN_GRACE, self.ctx.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("some tasks did not stop within {SHUTDOWN_GRACE:?}");
+        }
+        if let Err(e) = self.ctx.store.flush().await {
+            tracing::warn!("flushing the store: {e}");
+        }
+        let _ = std::fs::remove_file(&self.socket);
+    }
+}
+
+#[cfg(unix)]
+fn serve_local_api(
+    api: LocalApi,
+    path: &std::path::Path,
+    tasks: &TaskTracker,
+    cancel: CancellationToken,
+) -> Result<(), StartError> {
+    use std::os::unix::fs::PermissionsExt;
+    let err = |cause| StartError::Socket {
+        path: path.to_owned(),
+        cause,
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(err)?;
+    }
+    // A socket left by a crashed agent; a live one would refuse the bind
+    // below only if we did not remove it, so check it is not in use first.
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(err(std::io::Error::new(
+                std::io::ErrorKind::AddrInUse,
+                "another agent is running with this socket",
+            )));
+        }
+        std::fs::remove_file(path).map_err(err)?;
+    }
+    let listener = tokio::net::UnixListener::bind(path).map_err(err)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).map_err(err)?;
+    let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
+    let server = Server::builder()
+        .add_service(shoal_proto::pb::local_control_server::LocalControlServer::new(api))
+        .serve_with_incoming_shutdown(incoming, cancel.cancelled_owned());
+    tasks.spawn(async move {
+        if let Err(e) = server.await {
+            tracing::error!("local API stopped: {e}");
+        }
+    });
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn serve_local_api(
+    _api: LocalApi,
+    path: &std::path::Path,
+    _tasks: &TaskTracker,
+    _cancel: CancellationToken,
+) -> Result<(), StartError> {
+    Err(StartError::Socket {
+        path: path.to_owned(),
+        cause: std::io::Error::new(
+            std::io::ErrorKind::Unsupported,
+            "the local API needs Unix sockets on this platform",
+        ),
+    })
+}

@@ -1,0 +1,204 @@
+//! Package content on disk: preallocated files written in place, chunk
+//! reads and writes at offsets, and materialising a finished package
+//! read-only. Blocking I/O: callers run these on the blocking pool.
+
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::path::{Path, PathBuf};
+
+use shoal_proto::Manifest;
+use shoal_proto::manifest::EntryKind;
+
+/// The path of entry `file` of a package rooted at `root`. A one-file
+/// package published from a file has that file as its root.
+pub fn entry_path(root: &Path, root_is_file: bool, manifest: &Manifest, file: usize) -> PathBuf {
+    if root_is_file {
+        root.to_owned()
+    } else {
+        root.join(&manifest.files[file].path)
+    }
+}
+
+/// ENOSPC / ERROR_DISK_FULL.
+pub fn is_disk_full(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(28) | Some(112)) || e.kind() == io::ErrorKind::StorageFull
+}
+
+/// Creates the directory tree and every regular file at its full size,
+/// reserving the space (so a full disk shows up now, not mid-transfer).
+/// Existing files are kept: that is how a restarted download resumes.
+pub fn prepare(root: &Path, manifest: &Manifest) -> io::Result<()> {
+    fs::create_dir_all(root)?;
+    for f in &manifest.files {
+        let path = root.join(&f.path);
+        match &f.kind {
+            EntryKind::Dir => fs::create_dir_all(&path)?,
+            EntryKind::File { size } => {
+                if let Some(parent) = path.parent() {
+                    fs::create_dir_all(parent)?;
+                }
+                let file = OpenOptions::new()
+                    .create(true)
+                    .write(true)
+                    .truncate(false)
+                    .open(&path)?;
+                if file.metadata()?.len() != *size {
+                    file.set_len(*size)?;
+                }
+                if *size > 0 {
+                    fs4::FileExt::allocate(&file, *size)?;
+                }
+            }
+            // Created when the package completes.
+            EntryKind::Symlink { .. } => {}
+        }
+    }
+    Ok(())
+}
+
+#[cfg(unix)]
+fn write_at(file: &File, data: &[u8], offset: u64) -> io::Result<()> {
+    std::os::unix::fs::FileExt::write_all_at(file, data, offset)
+}
+
+#[cfg(windows)]
+fn write_at(file: &File, mut data: &[u8], mut offset: u64) -> io::Result<()> {
+    use std::os::windows::fs::FileExt;
+    while !data.is_empty() {
+        let n = file.seek_write(data, offset)?;
+        data = &data[n..];
+        offset += n as u64;
+    }
+    Ok(())
+}
+
+#[cfg(unix)]
+fn read_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<()> {
+    std::os::unix::fs::FileExt::read_exact_at(file, buf, offset)
+}
+
+#[cfg(windows)]
+fn read_at(file: &File, mut buf: &mut [u8], mut offset: u64) -> io::Result<()> {
+    use std::os::windows::fs::FileExt;
+    while !buf.is_empty() {
+        let n = file.seek_read(buf, offset)?;
+        if n == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        buf = &mut buf[n..];
+        offset += n as u64;
+    }
+    Ok(())
+}
+
+/// Writes chunk bytes at their offset in their file.
+pub fn write_chunk(path: &Path, offset: u64, data: &[u8]) -> io::Result<()> {
+    let file = OpenOptions::new().write(true).open(path)?;
+    write_at(&file, data, offset)
+}
+
+/// Reads `len` bytes at `offset`.
+pub fn read_chunk(path: &Path, offset: u64, len: u32) -> io::Result<Vec<u8>> {
+    let file = File::open(path)?;
+    let mut buf = vec![0u8; len as usize];
+    read_at(&file, &mut buf, offset)?;
+    Ok(buf)
+}
+
+/// Makes a finished package durable and read-only: fsyncs every file,
+/// applies modes without write bits, creates symlinks.
+pub fn finalize(root: &Path, manifest: &Manifest) -> io::Result<()> {
+    for f in &manifest.files {
+        let path = root.join(&f.path);
+        match &f.kind {
+            EntryKind::File { .. } => {
+                File::open(&path)?.sync_all()?;
+                set_mode(&path, f.mode & !0o222)?;
+            }
+            EntryKind::Symlink { target } => {
+                match fs::symlink_metadata(&path) {
+                    Ok(_) => fs::remove_file(&path)?,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(e),
+                }
+                make_symlink(target, &path)?;
+            }
+            EntryKind::Dir => {}
+        }
+    }
+    // Directories last, deepest first, so earlier steps could still write.
+    for f in manifest.files.iter().rev() {
+        if matches!(f.kind, EntryKind::Dir) {
+            set_mode(&root.join(&f.path), f.mode & !0o222)?;
+        }
+    }
+    Ok(())
+}
+
+/// Removes a package tree, restoring write permission where needed.
+pub fn remove_tree(root: &Path) -> io::Result<()> {
+    match fs::symlink_metadata(root) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+        Ok(_) => {}
+    }
+    for entry in walkdir_dirs(root)? {
+        let _ = set_mode(&entry, 0o755);
+    }
+    fs::remove_dir_all(root)
+}
+
+fn walkdir_dirs(root: &Path) -> io::Result<Vec<PathBuf>> {
+    let mut dirs = vec![root.to_owned()];
+    let mut i = 0;
+    while i < dirs.len() {
+        let d = dirs[i].clone();
+        let _ = set_mode(&d, 0o755);
+        if let Ok(rd) = fs::read_dir(&d) {
+            for e in rd.flatten() {
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    dirs.push(e.path());
+                }
+            }
+        }
+        i += 1;
+    }
+    Ok(dirs)
+}
+
+#[cfg(unix)]
+fn set_mode(path: &Path, mode: u32) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(path, fs::Permissions::from_mode(mode))
+}
+
+#[cfg(not(unix))]
+fn set_mode(path: &Path, mode: u32) -> io::Result<()> {
+    let mut p = fs::metadata(path)?.permissions();
+    p.set_readonly(mode & 0o200 == 0);
+    fs::set_permissions(path, p)
+}
+
+#[cfg(unix)]
+fn make_symlink(target: &str, link: &Path) -> io::Result<()> {
+    std::os::unix::fs::symlink(target, link)
+}
+
+#[cfg(windows)]
+fn make_symlink(target: &str, link: &Path) -> io::Result<()> {
+    std::os::windows::fs::symlink_file(target, link)
+}
+
+/// Points the stable path `link` at `target`, replacing an older link.
+pub fn set_stable_link(target: &Path, link: &Path) -> io::Result<()> {
+    if let Some(parent) = link.parent() {
+        fs::create_dir_all(parent)?;
+    }
+    let tmp = link.with_extension("tmp-link");
+    let _ = fs::remove_file(&tmp);
+    #[cfg(unix)]
+    std::os::unix::fs::symlink(target, &tmp)?;
+    #[cfg(windows)]
+    std::os::windows::fs::symlink_dir(target, &tmp)?;
+    fs::rename(&tmp, link)
+}

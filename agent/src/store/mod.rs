@@ -1,0 +1,650 @@
+//! The chunk store: package content in files, package state in sled.
+//!
+//! Owns where bytes live and what is known about them. Downloads write
+//! verified chunks in place into preallocated files and record them in a
+//! bitfield; a restart re-verifies every chunk it finds recorded for an
+//! unfinished package, so nothing unverified is ever trusted or served.
+//! Finished packages are materialised read-only and linked at a stable
+//! path, `<data_dir>/packages/<name>@<version>`. A cache quota evicts the
+//! least recently used finished packages that are not pinned.
+
+mod bitfield;
+mod files;
+mod state;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use shoal_proto::signing::VerifiedManifest;
+use shoal_proto::{ContentId, Manifest, SignedManifest};
+use tokio::sync::broadcast;
+
+pub use bitfield::Bitfield;
+pub use state::{PackageRecord, PackageState};
+
+use state::StateDb;
+
+/// Have-updates buffered per package for availability watchers.
+const HAVE_BACKLOG: usize = 4096;
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    #[error("state database: {0}")]
+    Db(String),
+    #[error("{path}: {cause}")]
+    Io {
+        path: PathBuf,
+        cause: std::io::Error,
+    },
+    #[error(
+        "disk full writing {path}; free space (or lower the cache quota) and resume the transfer"
+    )]
+    DiskFull { path: PathBuf },
+    #[error(
+        "cache quota exceeded: the package needs {need} bytes, {used} of {quota} are in use by pinned or active packages"
+    )]
+    QuotaExceeded { need: u64, used: u64, quota: u64 },
+    #[error("chunk {chunk} is not held")]
+    NotHeld { chunk: u32 },
+    #[error("chunk {chunk} is out of range (the package has {count})")]
+    OutOfRange { chunk: u32, count: u32 },
+    #[error("chunk {chunk} on disk no longer matches its hash; it will be fetched again")]
+    Corrupt { chunk: u32 },
+    #[error("content does not match the manifest: {0}")]
+    ContentMismatch(String),
+    #[error("internal: {0}")]
+    Internal(String),
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
+    move |cause| {
+        if files::is_disk_full(&cause) {
+            StoreError::DiskFull {
+                path: path.to_owned(),
+            }
+        } else {
+            StoreError::Io {
+                path: path.to_owned(),
+                cause,
+            }
+        }
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| StoreError::Internal(format!("blocking task failed: {e}")))?
+}
+
+/// One package known to the store.
+#[derive(Debug)]
+pub struct Package {
+    pub id: ContentId,
+    pub manifest: Arc<Manifest>,
+    pub signed: SignedManifest,
+    root: PathBuf,
+    root_is_file: bool,
+    have: Mutex<Bitfield>,
+    have_tx: broadcast::Sender<u32>,
+    record: Mutex<PackageRecord>,
+}
+
+impl Package {
+    pub fn have(&self) -> Bitfield {
+        self.lock_have().clone()
+    }
+
+    pub fn has_chunk(&self, i: u32) -> bool {
+        self.lock_have().get(i)
+    }
+
+    /// Subscribes to chunks verified from now on.
+    pub fn subscribe_have(&self) -> broadcast::Receiver<u32> {
+        self.have_tx.subscribe()
+    }
+
+    pub fn record(&self) -> PackageRecord {
+        self.record
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub fn name_version(&self) -> String {
+        self.manifest.name_version()
+    }
+
+    pub fn bytes_done(&self) -> u64 {
+        let have = self.lock_have();
+        have.iter_set()
+            .map(|i| u64::from(self.manifest.chunks[i as usize].length))
+            .sum()
+    }
+
+    /// Where the content is (the stable path once complete).
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn lock_have(&self) -> std::sync::MutexGuard<'_, Bitfield> {
+        self.have.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn chunk_location(&self, chunk: u32) -> Result<(PathBuf, u64, u32, blake3::Hash), StoreError> {
+        let c = self
+            .manifest
+            .chunks
+            .get(chunk as usize)
+            .ok_or(StoreError::OutOfRange {
+                chunk,
+                count: self.manifest.chunks.len() as u32,
+            })?;
+        let path = files::entry_path(
+            &self.root,
+            self.root_is_file,
+            &self.manifest,
+            c.file as usize,
+        );
+        Ok((path, c.offset, c.length, c.hash))
+    }
+}
+
+/// The store of one agent.
+#[derive(Debug)]
+pub struct Store {
+    data_dir: PathBuf,
+    db: StateDb,
+    packages: RwLock<HashMap<ContentId, Arc<Package>>>,
+    quota: std::sync::atomic::AtomicU64,
+    /// Serialises admission (quota accounting and eviction).
+    admit: tokio::sync::Mutex<()>,
+}
+
+impl Store {
+    /// Opens (or creates) the store under `data_dir` and loads what it
+    /// holds, re-verifying every chunk recorded for unfinished packages.
+    pub async fn open(data_dir: &Path, quota: u64) -> Result<Arc<Self>, StoreError> {
+        let dir = data_dir.to_owned();
+        let (db, loaded) = blocking(move || {
+            std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+            let db = StateDb::open(&dir.join("state"))?;
+            let loaded = db.load_all()?;
+            Ok((db, loaded))
+        })
+        .await?;
+        let store = Arc::new(Self {
+            data_dir: data_dir.to_owned(),
+            db,
+            packages: RwLock::new(HashMap::new()),
+            quota: quota.into(),
+            admit: tokio::sync::Mutex::new(()),
+        });
+        for (id, record, manifest_bytes, have_bytes) in loaded {
+            match store.restore(id, record, manifest_bytes, have_bytes).await {
+                Ok(()) => {}
+                Err(e) => {
+                    tracing::warn!(content_id = %id, "dropping a package that cannot be restored: {e}")
+                }
+            }
+        }
+        Ok(store)
+    }
+
+    async fn restore(
+        self: &Arc<Self>,
+        id: ContentId,
+        record: PackageRecord,
+        manifest_bytes: Vec<u8>,
+        have_bytes: Vec<u8>,
+    ) -> Result<(), StoreError> {
+        let signed =
+            SignedManifest::decode(&manifest_bytes).map_err(|e| StoreError::Db(e.to_string()))?;
+        if signed.content_id() != id {
+            return Err(StoreError::Db(
+                "stored manifest does not match its content id".into(),
+            ));
+        }
+        // Signature was checked when the package was admitted; the bytes
+        // are ours. Re-validate the structure all the same.
+        let manifest = signed
+            .manifest_unverified()
+            .map_err(|e| StoreError::Db(e.to_string()))?;
+        let n = manifest.chunks.len() as u32;
+        let (root, root_is_file) = match &record.external_root {
+            Some(p) => (p.clone(), p.is_file()),
+            None => (self.content_dir(&id), false),
+        };
+        let mut have = match record.state {
+            PackageState::Complete => Bitfield::full(n),
+            _ => Bitfield::from_bytes(n, &have_bytes).unwrap_or_else(|| Bitfield::new(n)),
+        };
+        if record.state != PackageState::Complete && have.count() > 0 {
+            // Trust nothing not verified: re-hash what the bitfield claims.
+            let m = manifest.clone();
+            let r = root.clone();
+            let claimed: Vec<u32> = have.iter_set().collect();
+            let bad = blocking(move || {
+                let mut bad = Vec::new();
+                for i in claimed {
+                    let c = &m.chunks[i as usize];
+                    let path = files::entry_path(&r, root_is_file, &m, c.file as usize);
+                    match files::read_chunk(&path, c.offset, c.length) {
+                        Ok(data) if blake3::hash(&data) == c.hash => {}
+                        _ => bad.push(i),
+                    }
+                }
+                Ok(bad)
+            })
+            .await?;
+            if !bad.is_empty() {
+                tracing::warn!(content_id = %id, chunks = bad.len(), "chunks recorded as held failed re-verification; they will be fetched again");
+            }
+            for i in bad {
+                have.clear(i);
+            }
+            self.db.put_have(&id, have.as_bytes())?;
+        }
+        tracing::info!(package = %manifest.name_version(), state = ?record.state, held = have.count(), of = n, "restored package");
+        self.insert(id, manifest, signed, root, root_is_file, have, record);
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn insert(
+        &self,
+        id: ContentId,
+        manifest: Manifest,
+        signed: SignedManifest,
+        root: PathBuf,
+        root_is_file: bool,
+        have: Bitfield,
+        record: PackageRecord,
+    ) -> Arc<Package> {
+        let pkg = Arc::new(Package {
+            id,
+            manifest: Arc::new(manifest),
+            signed,
+            root,
+            root_is_file,
+            have: Mutex::new(have),
+            have_tx: broadcast::channel(HAVE_BACKLOG).0,
+            record: Mutex::new(record),
+        });
+        self.packages
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, pkg.clone());
+        pkg
+    }
+
+    fn content_dir(&self, id: &ContentId) -> PathBuf {
+        self.data_dir.join("content").join(id.to_string())
+    }
+
+    /// The stable path of a package: `<data_dir>/packages/<name>@<version>`.
+    pub fn stable_path(&self, m: &Manifest) -> PathBuf {
+        self.data_dir
+            .join("packages")
+            .join(format!("{}@{}", m.name.replace('/', "_"), m.version))
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    pub fn set_quota(&self, quota: u64) {
+        self.quota
+            .store(quota, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub fn quota(&self) -> u64 {
+        self.quota.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub fn get(&self, id: &ContentId) -> Option<Arc<Package>> {
+        self.packages
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .cloned()
+    }
+
+    /// Looks up `name@version` or a content id in hex.
+    pub fn find(&self, reference: &str) -> Option<Arc<Package>> {
+        if let Ok(id) = reference.parse::<ContentId>() {
+            return self.get(&id);
+        }
+        self.list()
+            .into_iter()
+            .find(|p| p.name_version() == reference)
+    }
+
+    pub fn list(&self) -> Vec<Arc<Package>> {
+        let mut v: Vec<_> = self
+            .packages
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        v.sort_by_key(|a| a.name_version());
+        v
+    }
+
+    /// Bytes the cache holds (content seeded in place does not count).
+    pub fn used_bytes(&self) -> u64 {
+        self.list()
+            .iter()
+            .map(|p| p.record())
+            .filter(|r| r.external_root.is_none())
+            .map(|r| r.total_size)
+            .sum()
+    }
+
+    fn save_record(
+        &self,
+        pkg: &Package,
+        f: impl FnOnce(&mut PackageRecord),
+    ) -> Result<PackageRecord, StoreError> {
+        let rec = {
+            let mut r = pkg.record.lock().unwrap_or_else(|p| p.into_inner());
+            f(&mut r);
+            r.clone()
+        };
+        self.db.put_package(&pkg.id, &rec, None)?;
+        Ok(rec)
+    }
+
+    /// Admits a package to download: makes room under the quota, creates
+    /// and preallocates its files. Returns the existing entry if known.
+    pub async fn add_download(
+        &self,
+        verified: &VerifiedManifest,
+        priority: i32,
+        pin: bool,
+    ) -> Result<Arc<Package>, StoreError> {
+        if let Some(p) = self.get(&verified.content_id) {
+            return Ok(p);
+        }
+        let _admit = self.admit.lock().await;
+        let need = verified.manifest.total_size;
+        self.make_room(need).await?;
+        let id = verified.content_id;
+        let root = self.content_dir(&id);
+        let manifest = verified.manifest.clone();
+        let r = root.clone();
+        blocking(move || files::prepare(&r, &manifest).map_err(io_err(&r))).await?;
+        let record = PackageRecord {
+            name: verified.manifest.name.clone(),
+            version: verified.manifest.version.clone(),
+            state: PackageState::Downloading,
+            pinned: pin,
+            priority,
+            total_size: need,
+            last_used_ms: now_ms(),
+            external_root: None,
+            error: String::new(),
+        };
+        let n = verified.manifest.chunks.len() as u32;
+        self.db
+            .put_package(&id, &record, Some(&verified.signed.encode()))?;
+        self.db.put_have(&id, Bitfield::new(n).as_bytes())?;
+        Ok(self.insert(
+            id,
+            verified.manifest.clone(),
+            verified.signed.clone(),
+            root,
+            false,
+            Bitfield::new(n),
+            record,
+        ))
+    }
+
+    /// Evicts least recently used, finished, unpinned packages until
+    /// `need` more bytes fit under the quota.
+    async fn make_room(&self, need: u64) -> Result<(), StoreError> {
+        let quota = self.quota();
+        if quota == 0 {
+            return Ok(());
+        }
+        let mut used = self.used_bytes();
+        if used + need <= quota {
+            return Ok(());
+        }
+        let mut candidates: Vec<_> = self
+            .list()
+            .into_iter()
+            .filter(|p| {
+                let r = p.record();
+                r.state == PackageState::Complete && !r.pinned && r.external_root.is_none()
+            })
+            .collect();
+        candidates.sort_by_key(|p| p.record().last_used_ms);
+        for p in candidates {
+            if used + need <= quota {
+                break;
+            }
+            tracing::info!(package = %p.name_version(), "evicting to stay under the cache quota");
+            used = used.saturating_sub(p.record().total_size);
+            self.remove(&p.id).await?;
+        }
+        if used + need > quota {
+            return Err(StoreError::QuotaExceeded { need, used, quota });
+        }
+        Ok(())
+    }
+
+    /// Seeds a package from content outside the store after checking every
+    /// chunk of it against the manifest.
+    pub async fn add_published(
+        &self,
+        verified: &VerifiedManifest,
+        content: &Path,
+    ) -> Result<Arc<Package>, StoreError> {
+        let manifest = verified.manifest.clone();
+        let path = content.to_owned();
+        let report = blocking(move || {
+            shoal_proto::package::verify_content(
+                &manifest,
+                &path,
+                shoal_proto::package::default_threads(),
+                &(),
+            )
+            .map_err(|e| StoreError::ContentMismatch(e.to_string()))
+        })
+        .await?;
+        if let Some(p) = report.problems.first() {
+            return Err(StoreError::ContentMismatch(format!(
+                "{p}{}",
+                if report.problems.len() > 1 {
+                    format!(" (and {} more)", report.problems.len() - 1)
+                } else {
+                    String::new()
+                }
+            )));
+        }
+        if let Some(existing) = self.get(&verified.content_id) {
+            return Ok(existing);
+        }
+        let id = verified.content_id;
+        let record = PackageRecord {
+            name: verified.manifest.name.clone(),
+            version: verified.manifest.version.clone(),
+            state: PackageState::Complete,
+            pinned: true,
+            priority: 0,
+            total_size: verified.manifest.total_size,
+            last_used_ms: now_ms(),
+            external_root: Some(content.to_owned()),
+            error: String::new(),
+        };
+        self.db
+            .put_package(&id, &record, Some(&verified.signed.encode()))?;
+        let n = verified.manifest.chunks.len() as u32;
+        let pkg = self.insert(
+            id,
+            verified.manifest.clone(),
+            verified.signed.clone(),
+            content.to_owned(),
+            content.is_file(),
+            Bitfield::full(n),
+            record,
+        );
+        self.db.flush().await?;
+        Ok(pkg)
+    }
+
+    /// Stores a chunk the caller has verified against its hash. Returns
+    /// whether it was new.
+    pub async fn write_chunk(
+        &self,
+        pkg: &Arc<Package>,
+        chunk: u32,
+        data: Bytes,
+    ) -> Result<bool, StoreError> {
+        if pkg.has_chunk(chunk) {
+            return Ok(false);
+        }
+        let (path, offset, len, _) = pkg.chunk_location(chunk)?;
+        if data.len() != len as usize {
+            return Err(StoreError::Internal(format!(
+                "chunk {chunk} is {} bytes, expected {len}",
+                data.len()
+            )));
+        }
+        let p = path.clone();
+        blocking(move || files::write_chunk(&p, offset, &data).map_err(io_err(&p))).await?;
+        let bits = {
+            let mut have = pkg.lock_have();
+            if !have.set(chunk) {
+                return Ok(false);
+            }
+            have.as_bytes().to_vec()
+        };
+        self.db.put_have(&pkg.id, &bits)?;
+        let _ = pkg.have_tx.send(chunk);
+        Ok(true)
+    }
+
+    /// Reads a held chunk and checks it against its hash before anyone
+    /// sees it. A chunk that no longer matches is dropped from the bitfield.
+    pub async fn read_chunk(&self, pkg: &Arc<Package>, chunk: u32) -> Result<Bytes, StoreError> {
+        let (path, offset, len, hash) = pkg.chunk_location(chunk)?;
+        if !pkg.has_chunk(chunk) {
+            return Err(StoreError::NotHeld { chunk });
+        }
+        let p = path.clone();
+        let data = blocking(move || {
+            let data = files::read_chunk(&p, offset, len).map_err(io_err(&p))?;
+            Ok((blake3::hash(&data) == hash).then_some(data))
+        })
+        .await?;
+        match data {
+            Some(d) => Ok(Bytes::from(d)),
+            None => {
+                tracing::error!(package = %pkg.name_version(), chunk, path = %path.display(), "stored chunk fails its hash; dropping it");
+                let bits = {
+                    let mut have = pkg.lock_have();
+                    have.clear(chunk);
+                    have.as_bytes().to_vec()
+                };
+                if pkg.record().state == PackageState::Complete {
+                    let _ = self.save_record(pkg, |r| r.state = PackageState::Paused);
+                }
+                self.db.put_have(&pkg.id, &bits)?;
+                Err(StoreError::Corrupt { chunk })
+            }
+        }
+    }
+
+    /// Finishes a download: fsync, read-only modes, symlinks, stable path.
+    pub async fn complete(&self, pkg: &Arc<Package>) -> Result<PathBuf, StoreError> {
+        if !pkg.lock_have().is_complete() {
+            return Err(StoreError::Internal(
+                "complete() before every chunk is held".into(),
+            ));
+        }
+        let root = pkg.root.clone();
+        let manifest = pkg.manifest.clone();
+        let link = self.stable_path(&pkg.manifest);
+        let l = link.clone();
+        blocking(move || {
+            files::finalize(&root, &manifest).map_err(io_err(&root))?;
+            files::set_stable_link(&root, &l).map_err(io_err(&l))
+        })
+        .await?;
+        self.save_record(pkg, |r| {
+            r.state = PackageState::Complete;
+            r.error.clear();
+            r.last_used_ms = now_ms();
+        })?;
+        self.db.flush().await?;
+        Ok(link)
+    }
+
+    pub fn set_state(
+        &self,
+        pkg: &Package,
+        state: PackageState,
+        error: &str,
+    ) -> Result<(), StoreError> {
+        self.save_record(pkg, |r| {
+            r.state = state;
+            r.error = error.to_owned();
+        })
+        .map(|_| ())
+    }
+
+    pub fn set_pinned(&self, pkg: &Package, pinned: bool) -> Result<(), StoreError> {
+        self.save_record(pkg, |r| r.pinned = pinned).map(|_| ())
+    }
+
+    /// Marks a package as used now (LRU).
+    pub fn touch(&self, pkg: &Package) {
+        let _ = self.save_record(pkg, |r| r.last_used_ms = now_ms());
+    }
+
+    /// Forgets a package and deletes its content (never content seeded in
+    /// place, which belongs to the publisher).
+    pub async fn remove(&self, id: &ContentId) -> Result<(), StoreError> {
+        let Some(pkg) = self
+            .packages
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id)
+        else {
+            return Ok(());
+        };
+        self.db.remove(id, &pkg.name_version())?;
+        if pkg.record().external_root.is_none() {
+            let root = pkg.root.clone();
+            let link = self.stable_path(&pkg.manifest);
+            blocking(move || {
+                if std::fs::read_link(&link).is_ok_and(|t| t == root) {
+                    let _ = std::fs::remove_file(&link);
+                }
+                files::remove_tree(&root).map_err(io_err(&root))
+            })
+            .await?;
+        }
+        Ok(())
+    }
+
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush().await
+    }
+}

@@ -1,0 +1,684 @@
+//! One package's download, as an actor.
+//!
+//! The actor owns the package's swarm state: which peers hold which chunks,
+//! what is in flight where, how fast each peer is. Its tasks (one watch per
+//! peer, one task per chunk request) live in its `JoinSet` and die with it.
+//! Each request task verifies every chunk's BLAKE3 before writing it; a bad
+//! chunk counts against its sender and returns to the pool. Requests that
+//! stall past the request timeout are abandoned and their chunks reassigned;
+//! a peer that vanishes costs only what it had in flight.
+
+use std::collections::{HashMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use shoal_proto::pb;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use super::SwarmContext;
+use super::picker::Picker;
+use super::pool::PeerConn;
+use crate::discovery::{PeerEntry, PeerKey};
+use crate::store::{Bitfield, Package, StoreError};
+
+/// Bytes asked of a peer in one request: large enough to amortise the
+/// round trip, small enough that a stalled peer holds little hostage.
+const BATCH_BYTES: u64 = 4 << 20;
+/// Chunks per request at most (many small files).
+const BATCH_CHUNKS: usize = 64;
+/// First retry delay for a peer that could not help; doubles to the max.
+const RETRY_MIN: Duration = Duration::from_secs(2);
+const RETRY_MAX: Duration = Duration::from_secs(30);
+/// Consecutive failed requests before a peer is dropped and redialled.
+const MAX_PEER_FAILURES: u32 = 3;
+/// Progress rate is averaged over this window.
+const RATE_WINDOW: Duration = Duration::from_secs(5);
+/// Chunks at least this large are hashed on the blocking pool.
+const BLOCKING_HASH_BYTES: u32 = 256 << 10;
+
+/// How a download ended without completing.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DownloadError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cancelled")]
+    Cancelled,
+}
+
+enum Msg {
+    Snapshot {
+        key: PeerKey,
+        conn: Box<PeerConn>,
+        have: Bitfield,
+        origin: bool,
+    },
+    Have {
+        agent: String,
+        chunks: Vec<u32>,
+    },
+    WatchEnded {
+        agent: String,
+        key: PeerKey,
+        error: Option<String>,
+    },
+    Unavailable {
+        key: PeerKey,
+        reason: String,
+        retry: bool,
+    },
+    ChunkDone {
+        agent: String,
+        chunk: u32,
+        bytes: u64,
+        secs: f64,
+    },
+    ChunkBad {
+        agent: String,
+        chunk: u32,
+        reason: String,
+    },
+    RequestEnded {
+        agent: String,
+        unfinished: Vec<u32>,
+        error: Option<String>,
+    },
+    StoreFailed(StoreError),
+}
+
+struct Peer {
+    key: PeerKey,
+    conn: PeerConn,
+    have: Bitfield,
+    origin: bool,
+    inflight: usize,
+    same_subnet: bool,
+    /// Bytes per second, exponentially averaged.
+    throughput: f64,
+    failures: u32,
+}
+
+#[derive(Default)]
+struct Retry {
+    next: Option<Instant>,
+    delay: Duration,
+    busy: bool,
+    connected: bool,
+}
+
+struct Download {
+    ctx: Arc<SwarmContext>,
+    pkg: Arc<Package>,
+    have: Bitfield,
+    picker: Picker,
+    peers: HashMap<String, Peer>,
+    dial: HashMap<PeerKey, Retry>,
+    inflight: HashMap<u32, Vec<String>>,
+    tasks: JoinSet<()>,
+    tx: mpsc::Sender<Msg>,
+    progress: watch::Sender<pb::TransferProgress>,
+    samples: VecDeque<(Instant, u64)>,
+    bytes_done: u64,
+}
+
+/// Runs the download of `pkg` to completion. Returns the stable path.
+pub async fn run(
+    ctx: Arc<SwarmContext>,
+    pkg: Arc<Package>,
+    progress: watch::Sender<pb::TransferProgress>,
+    cancel: CancellationToken,
+) -> Result<PathBuf, DownloadError> {
+    let (tx, mut rx) = mpsc::channel(1024);
+    let have = pkg.have();
+    let lengths = pkg.manifest.chunks.iter().map(|c| c.length).collect();
+    let seed = u64::from_le_bytes(
+        blake3::hash(ctx.identity.agent_id.as_bytes()).as_bytes()[..8]
+            .try_into()
+            .unwrap_or([0; 8]),
+    );
+    let mut d = Download {
+        bytes_done: pkg.bytes_done(),
+        picker: Picker::new(lengths, seed),
+        have,
+        ctx: ctx.clone(),
+        pkg,
+        peers: HashMap::new(),
+        dial: HashMap::new(),
+        inflight: HashMap::new(),
+        tasks: JoinSet::new(),
+        tx,
+        progress,
+        samples: VecDeque::new(),
+    };
+    let mut table = ctx.peers.subscribe();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    d.dial_new_peers();
+    loop {
+        if d.have.is_complete() {
+            d.publish_progress();
+            let path = ctx.store.complete(&d.pkg).await?;
+            return Ok(path);
+        }
+        d.schedule();
+        d.publish_progress();
+        tokio::select! {
+            _ = cancel.cancelled() => return Err(DownloadError::Cancelled),
+            Some(msg) = rx.recv() => {
+                if let Err(e) = d.handle(msg) {
+                    return Err(e.into());
+                }
+            }
+            changed = table.changed() => {
+                if changed.is_ok() {
+                    d.dial_new_peers();
+                }
+            }
+            _ = tick.tick() => {
+                d.dial_new_peers();
+                d.sample_rate();
+            }
+            Some(res) = d.tasks.join_next(), if !d.tasks.is_empty() => {
+                if let Err(e) = res
+                    && e.is_panic()
+                {
+                    tracing::error!(package = %d.pkg.name_version(), "a transfer task panicked: {e}");
+                }
+            }
+        }
+    }
+}
+
+impl Download {
+    fn name(&self) -> String {
+        self.pkg.name_version()
+    }
+
+    /// Starts a watch on every known peer we are not already talking to.
+    fn dial_new_peers(&mut self) {
+        let now = Instant::now();
+        let table = self.ctx.peers.snapshot();
+        for (key, entry) in table.iter() {
+            let r = self.dial.entry(key.clone()).or_default();
+            if r.busy || r.connected || r.next.is_some_and(|t| t > now) {
+                continue;
+            }
+            if let Some(id) = &entry.agent_id
+                && (self.peers.contains_key(id) || self.ctx.reputation.is_banned(id))
+            {
+                continue;
+            }
+            r.busy = true;
+            self.tasks.spawn(watch_peer(
+                self.ctx.clone(),
+                self.pkg.clone(),
+                key.clone(),
+                entry.clone(),
+                self.tx.clone(),
+            ));
+        }
+    }
+
+    fn retry_later(&mut self, key: &str) {
+        let r = self.dial.entry(key.to_owned()).or_default();
+        r.busy = false;
+        r.connected = false;
+        r.delay = (r.delay * 2).clamp(RETRY_MIN, RETRY_MAX);
+        r.next = Some(Instant::now() + r.delay);
+    }
+
+    fn drop_peer(&mut self, agent: &str) {
+        if let Some(p) = self.peers.remove(agent) {
+            self.picker.remove_peer(&p.have);
+            self.ctx.pool.forget(&p.conn.addr);
+            let key = p.key.clone();
+            self.retry_later(&key);
+        }
+    }
+
+    fn handle(&mut self, msg: Msg) -> Result<(), StoreError> {
+        match msg {
+            Msg::Snapshot {
+                key,
+                conn,
+                have,
+                origin,
+            } => {
+                let agent = conn.identity.agent_id.clone();
+                if self.peers.contains_key(&agent) || self.ctx.reputation.is_banned(&agent) {
+                    // Same agent reached through another source.
+                    let r = self.dial.entry(key).or_default();
+                    r.busy = false;
+                    r.connected = true;
+                    return Ok(());
+                }
+                let r = self.dial.entry(key.clone()).or_default();
+                r.busy = false;
+                r.connected = true;
+                r.delay = Duration::ZERO;
+                self.picker.add_peer(&have);
+                tracing::debug!(package = %self.name(), peer = %agent, held = have.count(), "peer joined the swarm");
+                let same_subnet = self.ctx.same_subnet(&conn.addr);
+                self.peers.insert(
+                    agent,
+                    Peer {
+                        key,
+                        conn: *conn,
+                        have,
+                        origin,
+                        inflight: 0,
+                        same_subnet,
+                        throughput: 0.0,
+                        failures: 0,
+                    },
+                );
+            }
+            Msg::Have { agent, chunks } => {
+                if let Some(p) = self.peers.get_mut(&agent) {
+                    for c in chunks {
+                        if p.have.set(c) {
+                            self.picker.add_chunk(c);
+                        }
+                    }
+                }
+            }
+            Msg::WatchEnded { agent, key, error } => match error {
+                // A finished peer ends its stream; its bitfield stays valid.
+                None => {}
+                Some(e) => {
+                    tracing::debug!(package = %self.name(), peer = %agent, "availability stream ended: {e}");
+                    if self.peers.get(&agent).is_some_and(|p| p.key == key) {
+                        self.drop_peer(&agent);
+                    } else {
+                        self.retry_later(&key);
+                    }
+                }
+            },
+            Msg::Unavailable { key, reason, retry } => {
+                tracing::debug!(package = %self.name(), peer = %key, "peer cannot help: {reason}");
+                if retry {
+                    self.retry_later(&key);
+                } else {
+                    let r = self.dial.entry(key).or_default();
+                    r.busy = false;
+                    r.next = Some(Instant::now() + Duration::from_secs(3600));
+                }
+            }
+            Msg::ChunkDone {
+                agent,
+                chunk,
+                bytes,
+                secs,
+            } => {
+                self.inflight.remove(&chunk);
+                if self.have.set(chunk) {
+                    self.bytes_done += bytes;
+                    let c = &self.ctx.counters;
+                    c.chunks_verified.fetch_add(1, Ordering::Relaxed);
+                    let origin = self.peers.get(&agent).is_some_and(|p| p.origin);
+                    let counter = if origin {
+                        &c.received_from_origin
+                    } else {
+                        &c.received_from_peers
+                    };
+                    counter.fetch_add(bytes, Ordering::Relaxed);
+                }
+                if let Some(p) = self.peers.get_mut(&agent) {
+                    p.failures = 0;
+                    if secs > 0.0 {
+                        let rate = bytes as f64 / secs;
+                        p.throughput = if p.throughput == 0.0 {
+                            rate
+                        } else {
+                            0.7 * p.throughput + 0.3 * rate
+                        };
+                    }
+                }
+            }
+            Msg::ChunkBad {
+                agent,
+                chunk,
+                reason,
+            } => {
+                self.ctx
+                    .counters
+                    .chunks_rejected
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(package = %self.name(), peer = %agent, chunk, "rejected a chunk: {reason}");
+                if self.ctx.reputation.strike(&agent) {
+                    self.ctx.events.emit(
+                        "peer_banned",
+                        &self.name(),
+                        format!("banned {agent}: it sent chunks that fail their hash"),
+                    );
+                    self.drop_peer(&agent);
+                }
+            }
+            Msg::RequestEnded {
+                agent,
+                unfinished,
+                error,
+            } => {
+                for c in unfinished {
+                    if let Some(who) = self.inflight.get_mut(&c) {
+                        who.retain(|w| *w != agent);
+                        if who.is_empty() {
+                            self.inflight.remove(&c);
+                        }
+                    }
+                }
+                let name = self.name();
+                let mut drop_it = false;
+                if let Some(p) = self.peers.get_mut(&agent) {
+                    p.inflight = p.inflight.saturating_sub(1);
+                    if let Some(e) = error {
+                        p.failures += 1;
+                        p.throughput *= 0.5;
+                        tracing::debug!(package = %name, peer = %agent, "request failed: {e}");
+                        drop_it = p.failures >= MAX_PEER_FAILURES;
+                    }
+                }
+                if drop_it {
+                    self.drop_peer(&agent);
+                }
+            }
+            Msg::StoreFailed(e) => return Err(e),
+        }
+        Ok(())
+    }
+
+    /// Gives every peer with a free request slot something to send.
+    fn schedule(&mut self) {
+        let n = self.have.len() as usize;
+        let max_req = self.ctx.settings.requests_per_peer as usize;
+        let mut order: Vec<String> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.inflight < max_req)
+            .map(|(id, _)| id.clone())
+            .collect();
+        // Same subnet first, then the fastest recently.
+        order.sort_by(|a, b| {
+            let (pa, pb) = (&self.peers[a], &self.peers[b]);
+            pb.same_subnet
+                .cmp(&pa.same_subnet)
+                .then(pb.throughput.total_cmp(&pa.throughput))
+        });
+        for id in order {
+            while let Some(peer) = self.peers.get(&id) {
+                if peer.inflight >= max_req {
+                    break;
+                }
+                let endgame = self.have.count() as usize + self.inflight.len() >= n;
+                let mut batch = self.picker.pick(
+                    &peer.have,
+                    &self.have,
+                    &self.inflight,
+                    BATCH_BYTES,
+                    BATCH_CHUNKS,
+                );
+                if batch.is_empty() && endgame {
+                    batch.extend(self.picker.pick_endgame(
+                        &id,
+                        &peer.have,
+                        &self.have,
+                        &self.inflight,
+                    ));
+                }
+                if batch.is_empty() {
+                    break;
+                }
+                self.request(&id, batch);
+            }
+        }
+    }
+
+    fn request(&mut self, agent: &str, chunks: Vec<u32>) {
+        let Some(peer) = self.peers.get_mut(agent) else {
+            return;
+        };
+        peer.inflight += 1;
+        for &c in &chunks {
+            self.inflight.entry(c).or_default().push(agent.to_owned());
+        }
+        self.tasks.spawn(fetch(
+            self.ctx.clone(),
+            self.pkg.clone(),
+            agent.to_owned(),
+            peer.conn.clone(),
+            chunks,
+            self.tx.clone(),
+        ));
+    }
+
+    fn sample_rate(&mut self) {
+        let now = Instant::now();
+        self.samples.push_back((now, self.bytes_done));
+        while self
+            .samples
+            .front()
+            .is_some_and(|(t, _)| now.duration_since(*t) > RATE_WINDOW)
+        {
+            self.samples.pop_front();
+        }
+    }
+
+    fn publish_progress(&self) {
+        let rate = match (self.samples.front(), self.samples.back()) {
+            (Some((t0, b0)), Some((t1, b1))) if t1 > t0 => {
+                (b1.saturating_sub(*b0)) as f64 / t1.duration_since(*t0).as_secs_f64()
+            }
+            _ => 0.0,
+        };
+        let m = &self.pkg.manifest;
+        self.progress.send_modify(|p| {
+            p.bytes_done = self.bytes_done;
+            p.bytes_total = m.total_size;
+            p.chunks_done = self.have.count();
+            p.chunks_total = self.have.len();
+            p.rate = rate as u64;
+            p.peers = self.peers.len() as u32;
+        });
+    }
+}
+
+/// Connects to a peer and relays its availability to the actor.
+async fn watch_peer(
+    ctx: Arc<SwarmContext>,
+    pkg: Arc<Package>,
+    key: PeerKey,
+    entry: PeerEntry,
+    tx: mpsc::Sender<Msg>,
+) {
+    let fail = |reason: String, retry: bool| Msg::Unavailable {
+        key: key.clone(),
+        reason,
+        retry,
+    };
+    let mut conn = match ctx.pool.connect(&entry).await {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = tx.send(fail(e.to_string(), true)).await;
+            return;
+        }
+    };
+    let agent = conn.identity.agent_id.clone();
+    if agent == ctx.identity.agent_id {
+        let _ = tx.send(fail("that is this agent".into(), false)).await;
+        return;
+    }
+    if ctx.reputation.is_banned(&agent) {
+        let _ = tx.send(fail(format!("{agent} is banned"), false)).await;
+        return;
+    }
+    let req = pb::WatchAvailabilityRequest {
+        content_id: bytes::Bytes::copy_from_slice(pkg.id.as_bytes()),
+    };
+    let mut stream = match conn.client.watch_availability(req).await {
+        Ok(s) => s.into_inner(),
+        Err(s) => {
+            if s.code() != tonic::Code::NotFound {
+                ctx.pool.forget(&conn.addr);
+            }
+            let _ = tx
+                .send(fail(format!("{agent}: {}", s.message()), true))
+                .await;
+            return;
+        }
+    };
+    let n = pkg.manifest.chunks.len() as u32;
+    let mut first = true;
+    let end = loop {
+        let msg = match stream.message().await {
+            Ok(Some(m)) => m,
+            Ok(None) => break None,
+            Err(s) => break Some(s.message().to_owned()),
+        };
+        let out = match msg.update {
+            Some(pb::availability_update::Update::Snapshot(b)) => {
+                let Some(have) = (b.chunk_count == n)
+                    .then(|| Bitfield::from_bytes(n, &b.bits))
+                    .flatten()
+                else {
+                    break Some("malformed bitfield".into());
+                };
+                if first {
+                    first = false;
+                    Msg::Snapshot {
+                        key: key.clone(),
+                        conn: Box::new(conn.clone()),
+                        have,
+                        origin: b.origin,
+                    }
+                } else {
+                    Msg::Have {
+                        agent: agent.clone(),
+                        chunks: have.iter_set().collect(),
+                    }
+                }
+            }
+            Some(pb::availability_update::Update::Have(h)) if !first => Msg::Have {
+                agent: agent.clone(),
+                chunks: h.chunks.into_iter().filter(|&c| c < n).collect(),
+            },
+            _ => break Some("protocol error: update before snapshot".into()),
+        };
+        if tx.send(out).await.is_err() {
+            return;
+        }
+    };
+    if first {
+        let _ = tx
+            .send(fail(
+                end.unwrap_or_else(|| "empty availability stream".into()),
+                true,
+            ))
+            .await;
+        return;
+    }
+    let _ = tx
+        .send(Msg::WatchEnded {
+            agent,
+            key,
+            error: end,
+        })
+        .await;
+}
+
+/// Fetches `chunks` from one peer, verifying and storing each.
+async fn fetch(
+    ctx: Arc<SwarmContext>,
+    pkg: Arc<Package>,
+    agent: String,
+    mut conn: PeerConn,
+    chunks: Vec<u32>,
+    tx: mpsc::Sender<Msg>,
+) {
+    let timeout = ctx.settings.request_timeout;
+    let req = pb::FetchChunksRequest {
+        content_id: bytes::Bytes::copy_from_slice(pkg.id.as_bytes()),
+        chunks: chunks.clone(),
+    };
+    let mut done = 0usize;
+    let result: Result<(), String> = async {
+        let mut stream = tokio::time::timeout(timeout, conn.client.fetch_chunks(req))
+            .await
+            .map_err(|_| "timed out waiting for the peer to answer".to_owned())?
+            .map_err(|s| format!("{:?}: {}", s.code(), s.message()))?
+            .into_inner();
+        for &c in &chunks {
+            let meta = pkg.manifest.chunks[c as usize];
+            let len = meta.length as usize;
+            let mut buf = BytesMut::with_capacity(len);
+            let started = Instant::now();
+            while buf.len() < len {
+                let frame = tokio::time::timeout(timeout, stream.message())
+                    .await
+                    .map_err(|_| format!("stalled for {timeout:?} in chunk {c}"))?
+                    .map_err(|s| format!("{:?}: {}", s.code(), s.message()))?
+                    .ok_or_else(|| format!("stream ended in chunk {c}"))?;
+                if frame.chunk != c
+                    || frame.offset as usize != buf.len()
+                    || buf.len() + frame.data.len() > len
+                {
+                    let _ = tx
+                        .send(Msg::ChunkBad {
+                            agent: agent.clone(),
+                            chunk: c,
+                            reason: "frame out of sequence".into(),
+                        })
+                        .await;
+                    return Err("protocol error".into());
+                }
+                ctx.download_limit.acquire(frame.data.len() as u64).await;
+                buf.extend_from_slice(&frame.data);
+            }
+            let data = buf.freeze();
+            let ok = if meta.length >= BLOCKING_HASH_BYTES {
+                let d = data.clone();
+                tokio::task::spawn_blocking(move || blake3::hash(&d) == meta.hash)
+                    .await
+                    .unwrap_or(false)
+            } else {
+                blake3::hash(&data) == meta.hash
+            };
+            if !ok {
+                let _ = tx
+                    .send(Msg::ChunkBad {
+                        agent: agent.clone(),
+                        chunk: c,
+                        reason: "content does not match its hash".into(),
+                    })
+                    .await;
+                return Err(format!("chunk {c} failed verification"));
+            }
+            if let Err(e) = ctx.store.write_chunk(&pkg, c, data).await {
+                let _ = tx.send(Msg::StoreFailed(e)).await;
+                return Err("store failed".into());
+            }
+            done += 1;
+            let secs = started.elapsed().as_secs_f64();
+            let _ = tx
+                .send(Msg::ChunkDone {
+                    agent: agent.clone(),
+                    chunk: c,
+                    bytes: len as u64,
+                    secs,
+                })
+                .await;
+        }
+        Ok(())
+    }
+    .await;
+    let _ = tx
+        .send(Msg::RequestEnded {
+            agent,
+            unfinished: chunks[done..].to_vec(),
+            error: result.err(),
+        })
+        .await;
+}

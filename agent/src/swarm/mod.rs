@@ -1,0 +1,88 @@
+//! The swarm: serving what this agent holds, and fetching packages from
+//! many peers at once.
+//!
+//! [`service`] answers peers (manifests, availability, chunk streams) within
+//! upload slots and the upload rate; [`download`] runs one package's
+//! download (rarest first via [`picker`], several requests per peer, end
+//! game, timeouts, verification, [`reputation`] for bad senders); [`pool`]
+//! dials and caches peer connections; [`resolve`] finds and verifies a
+//! manifest among peers.
+
+pub mod download;
+pub mod picker;
+pub mod pool;
+pub mod reputation;
+pub mod resolve;
+pub mod service;
+
+use std::net::IpAddr;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, RwLock};
+
+use shoal_proto::TrustedKeys;
+use shoal_proto::identity::Identity;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::SwarmSettings;
+use crate::discovery::PeerTable;
+use crate::events::Events;
+use crate::limits::RateLimiter;
+use crate::store::Store;
+use crate::transport::tls::DenyList;
+
+/// Byte counters for status and metrics.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub received_from_peers: AtomicU64,
+    pub received_from_origin: AtomicU64,
+    pub sent: AtomicU64,
+    pub chunks_verified: AtomicU64,
+    pub chunks_rejected: AtomicU64,
+}
+
+/// What every swarm part shares. Owned by the agent; tasks hold an `Arc`.
+#[derive(Debug)]
+pub struct SwarmContext {
+    pub identity: Identity,
+    pub store: Arc<Store>,
+    pub peers: Arc<PeerTable>,
+    pub pool: pool::PeerPool,
+    pub reputation: reputation::Reputation,
+    pub upload_limit: RateLimiter,
+    pub download_limit: RateLimiter,
+    pub upload_slots: Arc<Semaphore>,
+    pub upload_slot_count: u32,
+    pub trusted: RwLock<TrustedKeys>,
+    pub settings: SwarmSettings,
+    pub events: Events,
+    pub deny: Arc<DenyList>,
+    pub counters: Counters,
+    /// This host's addresses, to prefer peers on the same subnet.
+    pub local_addrs: Vec<IpAddr>,
+    pub tasks: TaskTracker,
+    pub cancel: CancellationToken,
+}
+
+impl SwarmContext {
+    pub fn trusted(&self) -> TrustedKeys {
+        self.trusted
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Same IPv4 /24 or IPv6 /64 as one of our addresses: a cheap stand-in
+    /// for "same subnet" that needs no interface masks.
+    pub fn same_subnet(&self, addr: &str) -> bool {
+        let Ok(sa) = addr.parse::<std::net::SocketAddr>() else {
+            return false;
+        };
+        self.local_addrs.iter().any(|l| match (l, sa.ip()) {
+            (IpAddr::V4(a), IpAddr::V4(b)) => a.octets()[..3] == b.octets()[..3],
+            (IpAddr::V6(a), IpAddr::V6(b)) => a.segments()[..4] == b.segments()[..4],
+            _ => false,
+        })
+    }
+}

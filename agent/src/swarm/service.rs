@@ -1,0 +1,308 @@
+//! The swarm gRPC service other agents call.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use shoal_proto::identity::{Identity, parse_identity};
+use shoal_proto::{ContentId, pb};
+use tokio::sync::{broadcast, mpsc};
+use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use super::SwarmContext;
+use crate::store::{Package, PackageState, StoreError};
+
+/// Most chunks one FetchChunks request may ask for.
+pub const MAX_CHUNKS_PER_REQUEST: usize = 256;
+/// Most bytes one FetchChunks request may ask for: bounds what one request
+/// ties up an upload slot with.
+pub const MAX_BYTES_PER_REQUEST: u64 = 64 << 20;
+/// Chunk bytes per frame: well under the gRPC message limit and small
+/// enough for smooth rate limiting.
+pub const FRAME_BYTES: usize = 512 << 10;
+/// Frames buffered per response stream.
+const FRAME_QUEUE: usize = 4;
+/// Have-updates batched into one message at most.
+const MAX_HAVE_BATCH: usize = 4096;
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+/// Serves this agent's packages to its peers.
+#[derive(Debug, Clone)]
+pub struct SwarmService {
+    ctx: Arc<SwarmContext>,
+}
+
+impl SwarmService {
+    pub fn new(ctx: Arc<SwarmContext>) -> Self {
+        Self { ctx }
+    }
+
+    pub fn into_server(self) -> pb::swarm_server::SwarmServer<Self> {
+        pb::swarm_server::SwarmServer::new(self)
+            .max_decoding_message_size(crate::transport::MAX_MESSAGE)
+            .max_encoding_message_size(crate::transport::MAX_MESSAGE)
+    }
+
+    /// The caller, from its verified client certificate. Re-checks the deny
+    /// list: it may have changed since the connection was made.
+    fn caller<T>(&self, req: &Request<T>) -> Result<Identity, Status> {
+        let certs = req
+            .peer_certs()
+            .ok_or_else(|| Status::unauthenticated("a client certificate is required"))?;
+        let leaf = certs
+            .first()
+            .ok_or_else(|| Status::unauthenticated("a client certificate is required"))?;
+        let id = parse_identity(leaf).map_err(|e| Status::unauthenticated(e.to_string()))?;
+        if self.ctx.deny.denies(&id) {
+            return Err(Status::permission_denied(format!(
+                "agent {} is denied",
+                id.agent_id
+            )));
+        }
+        Ok(id)
+    }
+
+    fn package(&self, content_id: &[u8]) -> Result<Arc<Package>, Status> {
+        let id = ContentId::from_slice(content_id)
+            .ok_or_else(|| Status::invalid_argument("content_id must be 32 bytes"))?;
+        self.ctx
+            .store
+            .get(&id)
+            .ok_or_else(|| Status::not_found(format!("package {id} is not held by this agent")))
+    }
+}
+
+fn snapshot(pkg: &Package) -> pb::AvailabilityUpdate {
+    let have = pkg.have();
+    pb::AvailabilityUpdate {
+        update: Some(pb::availability_update::Update::Snapshot(pb::Bitfield {
+            chunk_count: have.len(),
+            bits: bytes::Bytes::copy_from_slice(have.as_bytes()),
+            origin: pkg.record().external_root.is_some(),
+        })),
+    }
+}
+
+#[tonic::async_trait]
+impl pb::swarm_server::Swarm for SwarmService {
+    async fn get_manifest(
+        &self,
+        req: Request<pb::GetManifestRequest>,
+    ) -> Result<Response<pb::GetManifestResponse>, Status> {
+        self.caller(&req)?;
+        let reference = req
+            .into_inner()
+            .package
+            .and_then(|p| p.r#ref)
+            .ok_or_else(|| Status::invalid_argument("package reference is required"))?;
+        let pkg = match reference {
+            pb::package_ref::Ref::NameVersion(nv) => {
+                if !nv.contains('@') || nv.len() > 256 {
+                    return Err(Status::invalid_argument(format!(
+                        "{nv:?} is not name@version"
+                    )));
+                }
+                self.ctx
+                    .store
+                    .list()
+                    .into_iter()
+                    .find(|p| p.name_version() == nv)
+                    .ok_or_else(|| {
+                        Status::not_found(format!("package {nv} is not held by this agent"))
+                    })?
+            }
+            pb::package_ref::Ref::ContentId(id) => self.package(&id)?,
+        };
+        Ok(Response::new(pb::GetManifestResponse {
+            content_id: bytes::Bytes::copy_from_slice(pkg.id.as_bytes()),
+            manifest: Some(pkg.signed.to_pb()),
+        }))
+    }
+
+    type WatchAvailabilityStream = BoxStream<pb::AvailabilityUpdate>;
+
+    async fn watch_availability(
+        &self,
+        req: Request<pb::WatchAvailabilityRequest>,
+    ) -> Result<Response<Self::WatchAvailabilityStream>, Status> {
+        self.caller(&req)?;
+        let pkg = self.package(&req.get_ref().content_id)?;
+        // Subscribe before the snapshot so no update falls between them.
+        let mut updates = pkg.subscribe_have();
+        let first = snapshot(&pkg);
+        let (tx, rx) = mpsc::channel(8);
+        let cancel = self.ctx.cancel.clone();
+        self.ctx.tasks.spawn(async move {
+            if tx.send(Ok(first)).await.is_err() || pkg.have().is_complete() {
+                return;
+            }
+            loop {
+                let first = tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tx.closed() => return,
+                    u = updates.recv() => u,
+                };
+                let msg = match first {
+                    Ok(c) => {
+                        let mut chunks = vec![c];
+                        while chunks.len() < MAX_HAVE_BATCH {
+                            match updates.try_recv() {
+                                Ok(c) => chunks.push(c),
+                                Err(_) => break,
+                            }
+                        }
+                        pb::AvailabilityUpdate {
+                            update: Some(pb::availability_update::Update::Have(pb::HaveChunks {
+                                chunks,
+                            })),
+                        }
+                    }
+                    // Fell behind: a fresh snapshot says it all.
+                    Err(broadcast::error::RecvError::Lagged(_)) => snapshot(&pkg),
+                    Err(broadcast::error::RecvError::Closed) => return,
+                };
+                if tx.send(Ok(msg)).await.is_err() || pkg.have().is_complete() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    type FetchChunksStream = BoxStream<pb::ChunkFrame>;
+
+    async fn fetch_chunks(
+        &self,
+        req: Request<pb::FetchChunksRequest>,
+    ) -> Result<Response<Self::FetchChunksStream>, Status> {
+        let caller = self.caller(&req)?;
+        let r = req.into_inner();
+        let pkg = self.package(&r.content_id)?;
+        if r.chunks.is_empty() {
+            return Err(Status::invalid_argument("no chunks requested"));
+        }
+        if r.chunks.len() > MAX_CHUNKS_PER_REQUEST {
+            return Err(Status::invalid_argument(format!(
+                "{} chunks requested; at most {MAX_CHUNKS_PER_REQUEST} per request",
+                r.chunks.len()
+            )));
+        }
+        let count = pkg.manifest.chunks.len() as u32;
+        let mut bytes = 0u64;
+        for &c in &r.chunks {
+            if c >= count {
+                return Err(Status::invalid_argument(format!(
+                    "chunk {c} is out of range: the package has {count} chunks"
+                )));
+            }
+            if !pkg.has_chunk(c) {
+                return Err(Status::failed_precondition(format!(
+                    "chunk {c} is not held by this agent"
+                )));
+            }
+            bytes += u64::from(pkg.manifest.chunks[c as usize].length);
+        }
+        if bytes > MAX_BYTES_PER_REQUEST {
+            return Err(Status::invalid_argument(format!(
+                "{bytes} bytes requested; at most {MAX_BYTES_PER_REQUEST} per request"
+            )));
+        }
+        let permit = self
+            .ctx
+            .upload_slots
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| {
+                Status::resource_exhausted(format!(
+                    "all {} upload slots are busy; ask another peer",
+                    self.ctx.upload_slot_count
+                ))
+            })?;
+        self.ctx.store.touch(&pkg);
+        let (tx, rx) = mpsc::channel(FRAME_QUEUE);
+        let ctx = self.ctx.clone();
+        self.ctx.tasks.spawn(async move {
+            let _permit = permit;
+            for c in r.chunks {
+                let data = match ctx.store.read_chunk(&pkg, c).await {
+                    Ok(d) => d,
+                    Err(e @ StoreError::Corrupt { .. }) => {
+                        let _ = ctx.store.set_state(&pkg, PackageState::Paused, &e.to_string());
+                        let _ = tx.send(Err(Status::data_loss(e.to_string()))).await;
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::warn!(package = %pkg.name_version(), chunk = c, "serving failed: {e}");
+                        let _ = tx.send(Err(Status::unavailable(e.to_string()))).await;
+                        return;
+                    }
+                };
+                let mut off = 0usize;
+                while off < data.len() {
+                    let end = (off + FRAME_BYTES).min(data.len());
+                    let frame = data.slice(off..end);
+                    tokio::select! {
+                        _ = ctx.cancel.cancelled() => return,
+                        _ = ctx.upload_limit.acquire(frame.len() as u64) => {}
+                    }
+                    let len = frame.len() as u64;
+                    let msg = pb::ChunkFrame {
+                        chunk: c,
+                        offset: off as u32,
+                        data: frame,
+                    };
+                    if tx.send(Ok(msg)).await.is_err() {
+                        tracing::debug!(peer = %caller.agent_id, "peer hung up mid-transfer");
+                        return;
+                    }
+                    ctx.counters.sent.fetch_add(len, std::sync::atomic::Ordering::Relaxed);
+                    off = end;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn search(
+        &self,
+        req: Request<pb::SearchRequest>,
+    ) -> Result<Response<pb::SearchResponse>, Status> {
+        self.caller(&req)?;
+        let r = req.into_inner();
+        let text = r.text.to_lowercase();
+        let limit = if r.limit == 0 { 100 } else { r.limit.min(1000) } as usize;
+        let packages = self
+            .ctx
+            .store
+            .list()
+            .into_iter()
+            .filter(|p| text.is_empty() || p.name_version().to_lowercase().contains(&text))
+            .take(limit)
+            .map(|p| summary(&p))
+            .collect();
+        Ok(Response::new(pb::SearchResponse { packages }))
+    }
+}
+
+/// What a peer tells others about a package it holds.
+pub fn summary(p: &Package) -> pb::PackageSummary {
+    pb::PackageSummary {
+        name: p.manifest.name.clone(),
+        version: p.manifest.version.clone(),
+        content_id: bytes::Bytes::copy_from_slice(p.id.as_bytes()),
+        total_size: p.manifest.total_size,
+        chunk_count: p.manifest.chunks.len() as u32,
+        chunks_held: p.have().count(),
+        labels: p
+            .manifest
+            .labels
+            .iter()
+            .map(|(k, v)| pb::Label {
+                key: k.clone(),
+                value: v.clone(),
+            })
+            .collect(),
+    }
+}
