@@ -55,6 +55,16 @@ pub enum StartError {
     Mdns(#[from] mdns::MdnsError),
 }
 
+/// Why a package could not be published.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PublishError {
+    #[error(transparent)]
+    Verify(#[from] shoal_proto::VerifyError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
 /// A running agent.
 #[derive(Debug)]
 pub struct Agent {
@@ -203,6 +213,27 @@ impl Agent {
 
     pub fn transfers(&self) -> &Transfers {
         &self.transfers
+    }
+
+    /// Queues a package for download; see [`transfers::request`].
+    pub async fn fetch(
+        &self,
+        reference: &str,
+    ) -> Result<Arc<crate::store::Package>, transfers::FetchError> {
+        transfers::request(&self.ctx, &self.transfers, reference, 0, false)
+            .await
+            .map(|(p, _)| p)
+    }
+
+    /// Seeds a signed package from content on disk, after verifying the
+    /// signature against this agent's trusted publishers and every chunk.
+    pub async fn publish(
+        &self,
+        signed: &shoal_proto::SignedManifest,
+        content: &std::path::Path,
+    ) -> Result<Arc<crate::store::Package>, PublishError> {
+        let verified = signed.verify(&self.ctx.trusted())?;
+        Ok(self.ctx.store.add_published(&verified, content).await?)
     }
 
     /// Stops everything: cancel, wait (bounded), flush.

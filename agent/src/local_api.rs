@@ -14,9 +14,9 @@ use tonic::{Request, Response, Status};
 
 use crate::store::{Package, PackageState};
 use crate::swarm::SwarmContext;
-use crate::swarm::resolve::{ResolveError, resolve_manifest};
+use crate::swarm::resolve::ResolveError;
 use crate::swarm::service::summary;
-use crate::transfers::Transfers;
+use crate::transfers::{self, FetchError, Transfers};
 
 type State = pb::package_status::State;
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
@@ -167,45 +167,26 @@ impl pb::local_control_server::LocalControl for LocalApi {
         req: Request<pb::FetchRequest>,
     ) -> Result<Response<pb::FetchResponse>, Status> {
         let r = req.into_inner();
-        if let Some(pkg) = self.ctx.store.find(&r.package) {
-            let complete = pkg.record().state == PackageState::Complete;
-            if !complete {
-                self.transfers
-                    .resume(pkg.id)
-                    .await
-                    .map_err(Status::unavailable)?;
-            }
-            if r.pin {
-                let _ = self.ctx.store.set_pinned(&pkg, true);
-            }
-            return Ok(Response::new(pb::FetchResponse {
-                content_id: bytes::Bytes::copy_from_slice(pkg.id.as_bytes()),
-                name: pkg.manifest.name.clone(),
-                version: pkg.manifest.version.clone(),
-                total_size: pkg.manifest.total_size,
-                already_complete: complete,
-            }));
-        }
-        let verified = resolve_manifest(&self.ctx, &r.package)
-            .await
-            .map_err(|e| match e {
-                ResolveError::BadReference(_) => Status::invalid_argument(e.to_string()),
-                ResolveError::NoTrustedPublishers => Status::failed_precondition(e.to_string()),
-                _ => Status::not_found(e.to_string()),
-            })?;
-        let pkg = self
-            .ctx
-            .store
-            .add_download(&verified, r.priority, r.pin)
-            .await
-            .map_err(|e| Status::resource_exhausted(e.to_string()))?;
-        self.transfers.enqueue(pkg.clone(), r.priority).await;
+        let (pkg, already_complete) =
+            transfers::request(&self.ctx, &self.transfers, &r.package, r.priority, r.pin)
+                .await
+                .map_err(|e| match e {
+                    FetchError::Resolve(ResolveError::BadReference(_)) => {
+                        Status::invalid_argument(e.to_string())
+                    }
+                    FetchError::Resolve(ResolveError::NoTrustedPublishers) => {
+                        Status::failed_precondition(e.to_string())
+                    }
+                    FetchError::Resolve(_) => Status::not_found(e.to_string()),
+                    FetchError::Store(_) => Status::resource_exhausted(e.to_string()),
+                    FetchError::Queue(m) => Status::unavailable(m),
+                })?;
         Ok(Response::new(pb::FetchResponse {
             content_id: bytes::Bytes::copy_from_slice(pkg.id.as_bytes()),
             name: pkg.manifest.name.clone(),
             version: pkg.manifest.version.clone(),
             total_size: pkg.manifest.total_size,
-            already_complete: false,
+            already_complete,
         }))
     }
 

@@ -396,3 +396,41 @@ impl Actor {
         }
     }
 }
+
+/// Why a fetch could not be queued.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum FetchError {
+    #[error(transparent)]
+    Resolve(#[from] crate::swarm::resolve::ResolveError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Queue(String),
+}
+
+/// Queues `reference` (name@version or content id) for download: resumes
+/// it if known, else finds and verifies its manifest among peers first.
+/// Returns the package and whether it was already complete.
+pub async fn request(
+    ctx: &Arc<SwarmContext>,
+    transfers: &Transfers,
+    reference: &str,
+    priority: i32,
+    pin: bool,
+) -> Result<(Arc<Package>, bool), FetchError> {
+    if let Some(pkg) = ctx.store.find(reference) {
+        if pin {
+            ctx.store.set_pinned(&pkg, true)?;
+        }
+        if pkg.record().state == PackageState::Complete {
+            return Ok((pkg, true));
+        }
+        transfers.resume(pkg.id).await.map_err(FetchError::Queue)?;
+        return Ok((pkg, false));
+    }
+    let verified = crate::swarm::resolve::resolve_manifest(ctx, reference).await?;
+    let pkg = ctx.store.add_download(&verified, priority, pin).await?;
+    transfers.enqueue(pkg.clone(), priority).await;
+    Ok((pkg, false))
+}

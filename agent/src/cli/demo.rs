@@ -1,6 +1,6 @@
-//! `shoal demo`: a self-contained tour on this machine, cleaned up after.
+//! `shoal demo`: self-contained tours on this machine, cleaned up after.
 //!
-//! Generates a publisher key and sample course material, packages it with
+//! `shoal demo package` generates a publisher key and sample course material, packages it with
 //! fixed and content-defined chunking, verifies signature and content,
 //! shows that one flipped byte is caught and named, and shows how much of
 //! a new version CDC lets agents reuse.
@@ -23,6 +23,22 @@ use super::output::Output;
 
 #[derive(Debug, clap::Args)]
 pub struct DemoArgs {
+    #[command(subcommand)]
+    pub which: Option<DemoKind>,
+    #[command(flatten)]
+    pub swarm: super::demo_swarm::SwarmDemoArgs,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum DemoKind {
+    /// A swarm on loopback: a seed and several agents fetch a package (the default).
+    Swarm(super::demo_swarm::SwarmDemoArgs),
+    /// Packages alone: keys, create, verify, a flipped byte caught, CDC reuse.
+    Package(PackageDemoArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct PackageDemoArgs {
     /// Keep the demo's files in this directory instead of a temporary one.
     #[arg(long)]
     pub keep: Option<PathBuf>,
@@ -31,17 +47,17 @@ pub struct DemoArgs {
     pub image_size: u64,
 }
 
-fn step(out: Output, text: &str) {
+pub(crate) fn step(out: Output, text: &str) {
     if !out.json {
         println!("==> {text}");
     }
 }
 
-fn io_err(what: &Path) -> impl FnOnce(std::io::Error) -> CliError + '_ {
+pub(crate) fn io_err(what: &Path) -> impl FnOnce(std::io::Error) -> CliError + '_ {
     move |e| CliError::io(e, format!("demo: {}", what.display()))
 }
 
-fn sample_tree(root: &Path, image_size: u64) -> Result<(), CliError> {
+pub(crate) fn sample_tree(root: &Path, image_size: u64) -> Result<(), CliError> {
     let course = root.join("course/week3");
     fs::create_dir_all(&course).map_err(io_err(&course))?;
     for i in 0..40u32 {
@@ -86,6 +102,14 @@ fn package(
 }
 
 pub fn run(a: DemoArgs, out: Output) -> Result<u8, CliError> {
+    match a.which {
+        None => super::demo_swarm::run(a.swarm, out),
+        Some(DemoKind::Swarm(s)) => super::demo_swarm::run(s, out),
+        Some(DemoKind::Package(p)) => run_package(p, out),
+    }
+}
+
+fn run_package(a: PackageDemoArgs, out: Output) -> Result<u8, CliError> {
     let tmp;
     let base = match &a.keep {
         Some(d) => {

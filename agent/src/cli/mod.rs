@@ -3,9 +3,12 @@
 //! too with `--json`) and maps it to the exit code.
 
 pub mod bench;
+pub mod ca;
 pub mod demo;
+pub mod demo_swarm;
 pub mod exit;
 pub mod key;
+pub mod local;
 pub mod output;
 pub mod pkg;
 
@@ -26,6 +29,9 @@ pub struct Cli {
     /// No progress bars.
     #[arg(long, short, global = true)]
     pub quiet: bool,
+    /// The local agent's control socket.
+    #[arg(long, global = true, env = "SHOAL_SOCKET", default_value = local::DEFAULT_SOCKET)]
+    pub socket: std::path::PathBuf,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -38,6 +44,11 @@ pub enum Command {
     /// Create, verify and inspect packages.
     #[command(subcommand)]
     Pkg(pkg::PkgCommand),
+    /// An offline certificate authority for agent identities.
+    #[command(subcommand)]
+    Ca(ca::CaCommand),
+    #[command(flatten)]
+    Local(local::LocalCommand),
     /// Run a self-contained demonstration on this machine and clean up.
     Demo(demo::DemoArgs),
     /// Measure Shoal's performance on this machine.
@@ -54,6 +65,8 @@ pub fn run(cli: Cli) -> ExitCode {
     let result = match cli.command {
         Command::Key(c) => key::run(c, out),
         Command::Pkg(c) => pkg::run(c, out),
+        Command::Ca(c) => ca::run(c, out),
+        Command::Local(c) => local::run(c, &cli.socket, out),
         Command::Demo(a) => demo::run(a, out),
         Command::Bench(c) => bench::run(c, out),
     };
