@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 
+pub mod evil;
+pub mod process;
 pub mod swarm;
 
 /// Path of a workspace binary (`shoal`, `shoal-agent`, …), built fresh.

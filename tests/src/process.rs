@@ -1,0 +1,136 @@
+//! Agents as real processes: `shoal-agent` with a YAML config, driven
+//! through the `shoal` CLI. Killed (SIGKILL) when dropped.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::swarm::Pki;
+use crate::{Run, bin};
+
+/// A free loopback port (bound, then released for the agent to take).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// One `shoal-agent` process.
+#[derive(Debug)]
+pub struct AgentProcess {
+    pub id: String,
+    pub dir: PathBuf,
+    pub config: PathBuf,
+    pub socket: PathBuf,
+    pub port: u16,
+    child: Option<Child>,
+}
+
+impl AgentProcess {
+    /// Writes a config for `id` (loopback, mDNS off, `extra` YAML appended)
+    /// and starts the agent.
+    pub fn start(pki: &Pki, id: &str, dir: &Path, static_peers: &[String], extra: &str) -> Self {
+        std::fs::create_dir_all(dir).expect("mkdir");
+        let tls = pki.agent_tls(id, &["lab"]);
+        let port = free_port();
+        let peers = static_peers
+            .iter()
+            .map(|p| format!("'{p}'"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let yaml = format!(
+            "data_dir: {data}\nlisten: 127.0.0.1:{port}\ntls:\n  ca: {ca}\n  cert: {cert}\n  key: {key}\n\
+             trusted_publishers: ['{publisher}']\ndiscovery:\n  mdns: false\n  static_peers: [{peers}]\n\
+             log:\n  level: info\n{extra}\n",
+            data = dir.join("data").display(),
+            ca = tls.ca.display(),
+            cert = tls.cert.display(),
+            key = tls.key.display(),
+            publisher = pki.publisher.public(),
+        );
+        let config = dir.join("agent.yaml");
+        std::fs::write(&config, yaml).expect("write config");
+        let mut a = Self {
+            id: id.to_owned(),
+            dir: dir.to_owned(),
+            socket: dir.join("data/agent.sock"),
+            config,
+            port,
+            child: None,
+        };
+        a.restart();
+        a
+    }
+
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// (Re)starts the process and waits until its control socket answers.
+    pub fn restart(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("agent.log"))
+            .expect("log file");
+        let child = Command::new(bin("shoal-agent"))
+            .args(["--config"])
+            .arg(&self.config)
+            .arg("run")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn shoal-agent");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if self.shoal(&["status"]).code == 0 {
+                return;
+            }
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
+                panic!(
+                    "{} exited at start ({status}); log:\n{}",
+                    self.id,
+                    self.log()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} did not come up; log:\n{}",
+                self.id,
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// SIGKILL: no chance to flush or clean up.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Runs `shoal --socket <this agent's socket> args…`.
+    pub fn shoal(&self, args: &[&str]) -> Run {
+        Command::new(bin("shoal"))
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("running shoal: {e}"))
+            .into()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("agent.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
