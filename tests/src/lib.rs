@@ -9,6 +9,7 @@ use std::process::{Command, Output};
 use std::sync::OnceLock;
 
 pub mod evil;
+pub mod netns;
 pub mod process;
 pub mod swarm;
 

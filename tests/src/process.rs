@@ -16,6 +16,19 @@ pub fn free_port() -> u16 {
         .expect("a free port")
 }
 
+/// How to run an agent process.
+#[derive(Debug, Clone, Default)]
+pub struct AgentOptions {
+    /// `host:port` to listen on [default: 127.0.0.1 and a free port].
+    pub listen: Option<String>,
+    /// Network namespace to run in.
+    pub netns: Option<String>,
+    pub mdns: bool,
+    pub static_peers: Vec<String>,
+    /// YAML appended to the config.
+    pub extra: String,
+}
+
 /// One `shoal-agent` process.
 #[derive(Debug)]
 pub struct AgentProcess {
@@ -24,6 +37,8 @@ pub struct AgentProcess {
     pub config: PathBuf,
     pub socket: PathBuf,
     pub port: u16,
+    listen_host: String,
+    netns: Option<String>,
     child: Option<Child>,
 }
 
@@ -31,23 +46,45 @@ impl AgentProcess {
     /// Writes a config for `id` (loopback, mDNS off, `extra` YAML appended)
     /// and starts the agent.
     pub fn start(pki: &Pki, id: &str, dir: &Path, static_peers: &[String], extra: &str) -> Self {
+        Self::start_with(
+            pki,
+            id,
+            dir,
+            AgentOptions {
+                static_peers: static_peers.to_vec(),
+                extra: extra.to_owned(),
+                ..Default::default()
+            },
+        )
+    }
+
+    /// Starts an agent as `opts` say.
+    pub fn start_with(pki: &Pki, id: &str, dir: &Path, opts: AgentOptions) -> Self {
         std::fs::create_dir_all(dir).expect("mkdir");
         let tls = pki.agent_tls(id, &["lab"]);
-        let port = free_port();
-        let peers = static_peers
+        let listen = opts
+            .listen
+            .clone()
+            .unwrap_or_else(|| format!("127.0.0.1:{}", free_port()));
+        let (listen_host, port) = listen.rsplit_once(':').expect("host:port");
+        let port: u16 = port.parse().expect("port");
+        let extra = opts.extra.as_str();
+        let peers = opts
+            .static_peers
             .iter()
             .map(|p| format!("'{p}'"))
             .collect::<Vec<_>>()
             .join(", ");
         let yaml = format!(
-            "data_dir: {data}\nlisten: 127.0.0.1:{port}\ntls:\n  ca: {ca}\n  cert: {cert}\n  key: {key}\n\
-             trusted_publishers: ['{publisher}']\ndiscovery:\n  mdns: false\n  static_peers: [{peers}]\n\
+            "data_dir: {data}\nlisten: {listen}\ntls:\n  ca: {ca}\n  cert: {cert}\n  key: {key}\n\
+             trusted_publishers: ['{publisher}']\ndiscovery:\n  mdns: {mdns}\n  static_peers: [{peers}]\n\
              log:\n  level: info\n{extra}\n",
             data = dir.join("data").display(),
             ca = tls.ca.display(),
             cert = tls.cert.display(),
             key = tls.key.display(),
             publisher = pki.publisher.public(),
+            mdns = opts.mdns,
         );
         let config = dir.join("agent.yaml");
         std::fs::write(&config, yaml).expect("write config");
@@ -57,6 +94,8 @@ impl AgentProcess {
             socket: dir.join("data/agent.sock"),
             config,
             port,
+            listen_host: listen_host.to_owned(),
+            netns: opts.netns.clone(),
             child: None,
         };
         a.restart();
@@ -64,7 +103,7 @@ impl AgentProcess {
     }
 
     pub fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        format!("{}:{}", self.listen_host, self.port)
     }
 
     /// (Re)starts the process and waits until its control socket answers.
@@ -74,7 +113,15 @@ impl AgentProcess {
             .append(true)
             .open(self.dir.join("agent.log"))
             .expect("log file");
-        let child = Command::new(bin("shoal-agent"))
+        let mut cmd = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(bin("shoal-agent"));
+                c
+            }
+            None => Command::new(bin("shoal-agent")),
+        };
+        let child = cmd
             .args(["--config"])
             .arg(&self.config)
             .arg("run")

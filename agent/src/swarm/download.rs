@@ -31,6 +31,13 @@ use crate::store::{Bitfield, Package, StoreError};
 const BATCH_BYTES: u64 = 4 << 20;
 /// Chunks per request at most (many small files).
 const BATCH_CHUNKS: usize = 64;
+/// A peer is kept busy with about this much data in flight (its measured
+/// throughput times this), so a slow or shared peer is not asked for more
+/// than it can send soon: otherwise every agent queues the same chunks at
+/// the seed at once and the seed uploads many copies.
+const PIPELINE_SECONDS: f64 = 0.5;
+/// After a "busy" answer, leave the peer alone this long.
+const BUSY_BACKOFF: Duration = Duration::from_millis(300);
 /// First retry delay for a peer that could not help; doubles to the max.
 const RETRY_MIN: Duration = Duration::from_secs(2);
 const RETRY_MAX: Duration = Duration::from_secs(30);
@@ -87,6 +94,8 @@ enum Msg {
         agent: String,
         unfinished: Vec<u32>,
         error: Option<String>,
+        /// The peer was out of upload slots.
+        busy: bool,
     },
     StoreFailed(StoreError),
 }
@@ -101,6 +110,20 @@ struct Peer {
     /// Bytes per second, exponentially averaged.
     throughput: f64,
     failures: u32,
+    /// Not asked again before this (it said it was busy).
+    idle_until: Option<Instant>,
+}
+
+impl Peer {
+    /// Requests this peer may have in flight: one until it has shown its
+    /// speed, then enough to cover [`PIPELINE_SECONDS`] of its throughput.
+    fn window(&self, max: usize) -> usize {
+        if self.idle_until.is_some_and(|t| t > Instant::now()) {
+            return 0;
+        }
+        let want = (self.throughput * PIPELINE_SECONDS / BATCH_BYTES as f64).ceil() as usize + 1;
+        want.clamp(1, max)
+    }
 }
 
 #[derive(Default)]
@@ -274,6 +297,7 @@ impl Download {
                         same_subnet,
                         throughput: 0.0,
                         failures: 0,
+                        idle_until: None,
                     },
                 );
             }
@@ -362,6 +386,7 @@ impl Download {
                 agent,
                 unfinished,
                 error,
+                busy,
             } => {
                 for c in unfinished {
                     if let Some(who) = self.inflight.get_mut(&c) {
@@ -375,7 +400,10 @@ impl Download {
                 let mut drop_it = false;
                 if let Some(p) = self.peers.get_mut(&agent) {
                     p.inflight = p.inflight.saturating_sub(1);
-                    if let Some(e) = error {
+                    if busy {
+                        // Out of upload slots: normal under load, not a fault.
+                        p.idle_until = Some(Instant::now() + BUSY_BACKOFF);
+                    } else if let Some(e) = error {
                         p.failures += 1;
                         p.throughput *= 0.5;
                         tracing::debug!(package = %name, peer = %agent, "request failed: {e}");
@@ -398,7 +426,7 @@ impl Download {
         let mut order: Vec<String> = self
             .peers
             .iter()
-            .filter(|(_, p)| p.inflight < max_req)
+            .filter(|(_, p)| p.inflight < p.window(max_req))
             .map(|(id, _)| id.clone())
             .collect();
         // Same subnet first, then the fastest recently.
@@ -410,7 +438,7 @@ impl Download {
         });
         for id in order {
             while let Some(peer) = self.peers.get(&id) {
-                if peer.inflight >= max_req {
+                if peer.inflight >= peer.window(max_req) {
                     break;
                 }
                 let endgame = self.have.count() as usize + self.inflight.len() >= n;
@@ -604,11 +632,15 @@ async fn fetch(
         chunks: chunks.clone(),
     };
     let mut done = 0usize;
+    let mut busy = false;
     let result: Result<(), String> = async {
         let mut stream = tokio::time::timeout(timeout, conn.client.fetch_chunks(req))
             .await
             .map_err(|_| "timed out waiting for the peer to answer".to_owned())?
-            .map_err(|s| format!("{:?}: {}", s.code(), s.message()))?
+            .map_err(|s| {
+                busy = s.code() == tonic::Code::ResourceExhausted;
+                format!("{:?}: {}", s.code(), s.message())
+            })?
             .into_inner();
         for &c in &chunks {
             let meta = pkg.manifest.chunks[c as usize];
@@ -679,6 +711,7 @@ async fn fetch(
             agent,
             unfinished: chunks[done..].to_vec(),
             error: result.err(),
+            busy,
         })
         .await;
 }
