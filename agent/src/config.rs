@@ -430,3 +430,73 @@ mod tests {
         assert!(e.contains("limitz") && e.contains("line 3"), "{e}");
     }
 }
+
+#[cfg(test)]
+mod example_tests {
+    use super::*;
+
+    /// The shipped example parses and says what the defaults are.
+    #[test]
+    fn example_config_matches_the_defaults() {
+        let text = include_str!("../../deploy/agent.example.yaml");
+        let c = AgentConfig::from_yaml(text, Path::new("/etc/shoal")).expect("example parses");
+        let d = AgentConfig::new(&c.data_dir, c.tls.clone());
+        assert_eq!(c.listen, d.listen);
+        assert_eq!(c.mdns, d.mdns);
+        assert_eq!(c.peer_timeout, d.peer_timeout);
+        assert_eq!(c.limits.upload_slots, d.limits.upload_slots);
+        assert_eq!(
+            c.limits.max_concurrent_downloads,
+            d.limits.max_concurrent_downloads
+        );
+        assert_eq!(
+            (
+                c.limits.upload_rate,
+                c.limits.download_rate,
+                c.limits.cache_quota
+            ),
+            (0, 0, 0)
+        );
+        assert_eq!(c.swarm.requests_per_peer, d.swarm.requests_per_peer);
+        assert_eq!(c.swarm.request_timeout, d.swarm.request_timeout);
+        assert_eq!(c.swarm.ban_threshold, d.swarm.ban_threshold);
+        assert_eq!(c.swarm.ban_duration, d.swarm.ban_duration);
+        assert_eq!(c.socket, d.socket);
+    }
+
+    /// Every field of the file schema is documented in the reference.
+    #[test]
+    fn reference_documents_every_field() {
+        let doc = include_str!("../../docs/agent-config.md");
+        for field in [
+            "data_dir",
+            "listen",
+            "advertise",
+            "tls.ca",
+            "tls.cert",
+            "tls.key",
+            "tls.deny",
+            "trusted_publishers",
+            "discovery.mdns",
+            "discovery.static_peers",
+            "discovery.peer_timeout",
+            "limits.upload_rate",
+            "limits.download_rate",
+            "limits.upload_slots",
+            "limits.max_concurrent_downloads",
+            "limits.cache_quota",
+            "swarm.requests_per_peer",
+            "swarm.request_timeout",
+            "swarm.ban_threshold",
+            "swarm.ban_duration",
+            "local_api.socket",
+            "log.format",
+            "log.level",
+        ] {
+            assert!(
+                doc.contains(&format!("| `{field}` |")),
+                "docs/agent-config.md lacks {field}"
+            );
+        }
+    }
+}
