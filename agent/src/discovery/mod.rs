@@ -160,3 +160,56 @@ pub async fn sweep_task(table: Arc<PeerTable>, timeout: Duration, cancel: Cancel
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(addr: &str, source: Source, age: Duration) -> PeerEntry {
+        PeerEntry {
+            agent_id: None,
+            addrs: vec![addr.to_owned()],
+            source,
+            fingerprint: None,
+            last_seen: Instant::now() - age,
+        }
+    }
+
+    #[tokio::test]
+    async fn silent_peers_age_out_answering_and_static_ones_stay() {
+        let table = PeerTable::new("me");
+        let alive = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let alive_addr = alive.local_addr().expect("addr").to_string();
+        // A port nobody listens on: bind, note it, close.
+        let dead_addr = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            l.local_addr().expect("addr").to_string()
+        };
+        let old = Duration::from_secs(60);
+        table.upsert("alive".into(), entry(&alive_addr, Source::Mdns, old));
+        table.upsert("dead".into(), entry(&dead_addr, Source::Mdns, old));
+        table.upsert(
+            "fresh".into(),
+            entry(&dead_addr, Source::Mdns, Duration::ZERO),
+        );
+        table.upsert("static".into(), entry(&dead_addr, Source::Static, old));
+        table.sweep(Duration::from_secs(30)).await;
+        let keys: Vec<String> = table.snapshot().keys().cloned().collect();
+        assert_eq!(keys, vec!["alive", "fresh", "static"]);
+        assert!(
+            table.snapshot()["alive"].last_seen.elapsed() < Duration::from_secs(5),
+            "probe refreshed it"
+        );
+    }
+
+    #[test]
+    fn ignores_itself() {
+        let table = PeerTable::new("me");
+        let mut e = entry("127.0.0.1:1", Source::Mdns, Duration::ZERO);
+        e.agent_id = Some("me".into());
+        table.upsert("me".into(), e);
+        assert!(table.snapshot().is_empty());
+    }
+}

@@ -387,7 +387,14 @@ impl Store {
         let root = self.content_dir(&id);
         let manifest = verified.manifest.clone();
         let r = root.clone();
-        blocking(move || files::prepare(&r, &manifest).map_err(io_err(&r))).await?;
+        blocking(move || {
+            files::prepare(&r, &manifest).map_err(|e| {
+                // Leave nothing half-made: a partial tree could hold space.
+                let _ = files::remove_tree(&r);
+                io_err(&r)(e)
+            })
+        })
+        .await?;
         let record = PackageRecord {
             name: verified.manifest.name.clone(),
             version: verified.manifest.version.clone(),
