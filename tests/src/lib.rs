@@ -15,8 +15,8 @@ pub mod swarm;
 
 /// Path of a workspace binary (`shoal`, `shoal-agent`, …), built fresh.
 ///
-/// Test binaries live in `target/<profile>/deps/`; the workspace's binaries
-/// sit one level up. Cargo only builds another package's binaries when
+/// The workspace's binaries sit in `target/<profile>/`, next to (or one
+/// level above) the running executable. Cargo only builds another package's binaries when
 /// asked, so the first call in a process runs `cargo build --bins` for the
 /// same profile (a no-op when nothing changed).
 pub fn bin(name: &str) -> PathBuf {
@@ -32,11 +32,17 @@ pub fn bin(name: &str) -> PathBuf {
 
 fn build_bins() -> Result<PathBuf, String> {
     let exe = std::env::current_exe().map_err(|e| format!("locating the test binary: {e}"))?;
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .ok_or("test binary is not under target/<profile>/deps")?
-        .to_owned();
+    // Test executables live in target/<profile>/deps, binaries (such as
+    // bench-swarm) in target/<profile>.
+    let parent = exe.parent().ok_or("the executable has no directory")?;
+    let dir = if parent.file_name().is_some_and(|n| n == "deps") {
+        parent
+            .parent()
+            .ok_or("target/<profile>/deps has no parent")?
+    } else {
+        parent
+    }
+    .to_owned();
     if std::env::var_os("SHOAL_SKIP_BUILD").is_some() {
         return Ok(dir);
     }

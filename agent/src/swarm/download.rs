@@ -256,7 +256,9 @@ impl Download {
 
     fn drop_peer(&mut self, agent: &str) {
         if let Some(p) = self.peers.remove(agent) {
-            self.picker.remove_peer(&p.have);
+            if !p.origin {
+                self.picker.remove_peer(&p.have);
+            }
             self.ctx.pool.forget(&p.conn.addr);
             let key = p.key.clone();
             self.retry_later(&key);
@@ -283,7 +285,9 @@ impl Download {
                 r.busy = false;
                 r.connected = true;
                 r.delay = Duration::ZERO;
-                self.picker.add_peer(&have);
+                if !origin {
+                    self.picker.add_peer(&have);
+                }
                 tracing::debug!(package = %self.name(), peer = %agent, held = have.count(), "peer joined the swarm");
                 let same_subnet = self.ctx.same_subnet(&conn.addr);
                 self.peers.insert(
@@ -304,7 +308,7 @@ impl Download {
             Msg::Have { agent, chunks } => {
                 if let Some(p) = self.peers.get_mut(&agent) {
                     for c in chunks {
-                        if p.have.set(c) {
+                        if p.have.set(c) && !p.origin {
                             self.picker.add_chunk(c);
                         }
                     }
@@ -419,7 +423,9 @@ impl Download {
         Ok(())
     }
 
-    /// Gives every peer with a free request slot something to send.
+    /// Gives every peer with a free request slot something to send. Other
+    /// peers first; the origin then gets chunks nobody else holds, and
+    /// anything only when no other peer has a request in flight.
     fn schedule(&mut self) {
         let n = self.have.len() as usize;
         let max_req = self.ctx.settings.requests_per_peer as usize;
@@ -429,11 +435,12 @@ impl Download {
             .filter(|(_, p)| p.inflight < p.window(max_req))
             .map(|(id, _)| id.clone())
             .collect();
-        // Same subnet first, then the fastest recently.
+        // Non-origin first, then same subnet, then the fastest recently.
         order.sort_by(|a, b| {
             let (pa, pb) = (&self.peers[a], &self.peers[b]);
-            pb.same_subnet
-                .cmp(&pa.same_subnet)
+            pa.origin
+                .cmp(&pb.origin)
+                .then(pb.same_subnet.cmp(&pa.same_subnet))
                 .then(pb.throughput.total_cmp(&pa.throughput))
         });
         for id in order {
@@ -442,12 +449,15 @@ impl Download {
                     break;
                 }
                 let endgame = self.have.count() as usize + self.inflight.len() >= n;
+                let others_busy = self.peers.values().any(|p| !p.origin && p.inflight > 0);
+                let unique_only = peer.origin && others_busy;
                 let mut batch = self.picker.pick(
                     &peer.have,
                     &self.have,
                     &self.inflight,
                     BATCH_BYTES,
                     BATCH_CHUNKS,
+                    unique_only,
                 );
                 if batch.is_empty() && endgame {
                     batch.extend(self.picker.pick_endgame(

@@ -1,6 +1,9 @@
 //! Choosing which chunks to ask a peer for: rarest first.
 //!
-//! Rarity is how many connected peers hold a chunk. Ties break by a hash
+//! Rarity is how many connected peers other than the origin hold a chunk
+//! (the origin holds everything; counting it tells nothing). The origin is
+//! asked for chunks no other peer has, so its upload goes to new chunks and
+//! peers spread the rest. Ties break by a hash
 //! seeded per agent, so agents starting together ask the seed for
 //! different chunks and the swarm diversifies at once. The order is rebuilt
 //! lazily (at most every [`REORDER_INTERVAL`]) so picking stays cheap with
@@ -90,6 +93,8 @@ impl Picker {
     /// Chunks to ask a peer holding `peer_has` for: not held, not in
     /// flight, rarest first, up to `max_bytes` (at least one chunk) and
     /// `max_chunks`. Empty when the peer has nothing new to offer.
+    /// With `unique_only`, only chunks no counted peer holds (for the
+    /// origin).
     pub fn pick(
         &mut self,
         peer_has: &Bitfield,
@@ -97,6 +102,7 @@ impl Picker {
         inflight: &HashMap<u32, Vec<String>>,
         max_bytes: u64,
         max_chunks: usize,
+        unique_only: bool,
     ) -> Vec<u32> {
         self.reorder(have);
         let mut out = Vec::new();
@@ -104,6 +110,10 @@ impl Picker {
         for &i in &self.order {
             if have.get(i) || !peer_has.get(i) || inflight.contains_key(&i) {
                 continue;
+            }
+            if unique_only && self.rarity[i as usize] > 0 {
+                // Sorted by rarity: nothing unique is left.
+                break;
             }
             let len = u64::from(self.lengths[i as usize]);
             if !out.is_empty() && bytes + len > max_bytes {
@@ -164,9 +174,9 @@ mod tests {
         let mut inflight = HashMap::new();
         inflight.insert(5u32, vec!["x".to_owned()]);
         // Chunk 4 is rarest (only on a); 5 is in flight; 0 is held.
-        let got = p.pick(&a, &have, &inflight, 10, 8);
+        let got = p.pick(&a, &have, &inflight, 10, 8, false);
         assert_eq!(got, vec![4]);
-        let got = p.pick(&a, &have, &inflight, 1000, 8);
+        let got = p.pick(&a, &have, &inflight, 1000, 8, false);
         assert_eq!(got.len(), 4);
         assert!(!got.contains(&0) && !got.contains(&5));
         assert_eq!(got[0], 4);
@@ -179,10 +189,20 @@ mod tests {
             .map(|seed| {
                 let mut p = Picker::new(vec![1; 64], seed);
                 p.add_peer(&seed_has);
-                p.pick(&seed_has, &Bitfield::new(64), &HashMap::new(), 1, 1)[0]
+                p.pick(&seed_has, &Bitfield::new(64), &HashMap::new(), 1, 1, false)[0]
             })
             .collect();
         assert!(firsts.len() >= 10, "{firsts:?}");
+    }
+
+    #[test]
+    fn unique_only_skips_chunks_other_peers_hold() {
+        let mut p = Picker::new(vec![1; 4], 3);
+        p.add_peer(&bits(4, &[0, 1]));
+        let origin = Bitfield::full(4);
+        let mut got = p.pick(&origin, &Bitfield::new(4), &HashMap::new(), 10, 10, true);
+        got.sort();
+        assert_eq!(got, vec![2, 3]);
     }
 
     #[test]
