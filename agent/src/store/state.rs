@@ -55,6 +55,9 @@ impl StateDb {
             // Bitfield writes are idempotent and re-verified on restart, so
             // a short window of unflushed updates only costs refetches.
             .flush_every_ms(Some(200))
+            // Metadata only (records, bitfields): sled's 1 GiB default cache
+            // would be most of an agent's memory for no gain.
+            .cache_capacity(8 << 20)
             .open()
             .map_err(|e| StoreError::Db(format!("opening {}: {e}", path.display())))?;
         Ok(Self {

@@ -38,6 +38,12 @@ const BATCH_CHUNKS: usize = 64;
 const PIPELINE_SECONDS: f64 = 0.5;
 /// After a "busy" answer, leave the peer alone this long.
 const BUSY_BACKOFF: Duration = Duration::from_millis(300);
+/// Chunks the origin declined (it sent them to other peers already) are
+/// not asked of it again for this long: by then a peer has them.
+const DECLINED_BACKOFF: Duration = Duration::from_secs(3);
+/// Bytes of chunk requests in flight per download, across all peers. Each
+/// is a buffer until verified, so this bounds the agent's memory.
+const MAX_INFLIGHT_BYTES: u64 = 24 << 20;
 /// First retry delay for a peer that could not help; doubles to the max.
 const RETRY_MIN: Duration = Duration::from_secs(2);
 const RETRY_MAX: Duration = Duration::from_secs(30);
@@ -96,6 +102,8 @@ enum Msg {
         error: Option<String>,
         /// The peer was out of upload slots.
         busy: bool,
+        /// The origin declined: these chunks went to other peers already.
+        declined: bool,
     },
     StoreFailed(StoreError),
 }
@@ -142,6 +150,9 @@ struct Download {
     peers: HashMap<String, Peer>,
     dial: HashMap<PeerKey, Retry>,
     inflight: HashMap<u32, Vec<String>>,
+    inflight_bytes: u64,
+    /// Chunks the origin declined, until when.
+    declined: HashMap<u32, Instant>,
     tasks: JoinSet<()>,
     tx: mpsc::Sender<Msg>,
     progress: watch::Sender<pb::TransferProgress>,
@@ -173,6 +184,8 @@ pub async fn run(
         peers: HashMap::new(),
         dial: HashMap::new(),
         inflight: HashMap::new(),
+        inflight_bytes: 0,
+        declined: HashMap::new(),
         tasks: JoinSet::new(),
         tx,
         progress,
@@ -343,6 +356,7 @@ impl Download {
                 secs,
             } => {
                 self.inflight.remove(&chunk);
+                self.inflight_bytes = self.inflight_bytes.saturating_sub(bytes);
                 if self.have.set(chunk) {
                     self.bytes_done += bytes;
                     let c = &self.ctx.counters;
@@ -391,7 +405,19 @@ impl Download {
                 unfinished,
                 error,
                 busy,
+                declined,
             } => {
+                if declined {
+                    let until = Instant::now() + DECLINED_BACKOFF;
+                    for &c in &unfinished {
+                        self.declined.insert(c, until);
+                    }
+                }
+                for &c in &unfinished {
+                    self.inflight_bytes = self
+                        .inflight_bytes
+                        .saturating_sub(u64::from(self.pkg.manifest.chunks[c as usize].length));
+                }
                 for c in unfinished {
                     if let Some(who) = self.inflight.get_mut(&c) {
                         who.retain(|w| *w != agent);
@@ -407,6 +433,9 @@ impl Download {
                     if busy {
                         // Out of upload slots: normal under load, not a fault.
                         p.idle_until = Some(Instant::now() + BUSY_BACKOFF);
+                    } else if declined {
+                        // Super-seeding at work, not a fault.
+                        tracing::debug!(package = %name, peer = %agent, "origin declined chunks it already sent");
                     } else if let Some(e) = error {
                         p.failures += 1;
                         p.throughput *= 0.5;
@@ -429,6 +458,8 @@ impl Download {
     fn schedule(&mut self) {
         let n = self.have.len() as usize;
         let max_req = self.ctx.settings.requests_per_peer as usize;
+        let now = Instant::now();
+        self.declined.retain(|_, until| *until > now);
         let mut order: Vec<String> = self
             .peers
             .iter()
@@ -445,16 +476,25 @@ impl Download {
         });
         for id in order {
             while let Some(peer) = self.peers.get(&id) {
-                if peer.inflight >= peer.window(max_req) {
+                if peer.inflight >= peer.window(max_req)
+                    || self.inflight_bytes >= MAX_INFLIGHT_BYTES
+                {
                     break;
                 }
                 let endgame = self.have.count() as usize + self.inflight.len() >= n;
                 let others_busy = self.peers.values().any(|p| !p.origin && p.inflight > 0);
                 let unique_only = peer.origin && others_busy;
+                let no_avoid = HashMap::new();
+                let avoid = if peer.origin {
+                    &self.declined
+                } else {
+                    &no_avoid
+                };
                 let mut batch = self.picker.pick(
                     &peer.have,
                     &self.have,
                     &self.inflight,
+                    avoid,
                     BATCH_BYTES,
                     BATCH_CHUNKS,
                     unique_only,
@@ -482,6 +522,7 @@ impl Download {
         peer.inflight += 1;
         for &c in &chunks {
             self.inflight.entry(c).or_default().push(agent.to_owned());
+            self.inflight_bytes += u64::from(self.pkg.manifest.chunks[c as usize].length);
         }
         self.tasks.spawn(fetch(
             self.ctx.clone(),
@@ -643,12 +684,14 @@ async fn fetch(
     };
     let mut done = 0usize;
     let mut busy = false;
+    let mut declined = false;
     let result: Result<(), String> = async {
         let mut stream = tokio::time::timeout(timeout, conn.client.fetch_chunks(req))
             .await
             .map_err(|_| "timed out waiting for the peer to answer".to_owned())?
             .map_err(|s| {
                 busy = s.code() == tonic::Code::ResourceExhausted;
+                declined = s.code() == tonic::Code::Aborted;
                 format!("{:?}: {}", s.code(), s.message())
             })?
             .into_inner();
@@ -722,6 +765,7 @@ async fn fetch(
             unfinished: chunks[done..].to_vec(),
             error: result.err(),
             busy,
+            declined,
         })
         .await;
 }

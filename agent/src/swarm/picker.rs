@@ -94,12 +94,14 @@ impl Picker {
     /// flight, rarest first, up to `max_bytes` (at least one chunk) and
     /// `max_chunks`. Empty when the peer has nothing new to offer.
     /// With `unique_only`, only chunks no counted peer holds (for the
-    /// origin).
+    /// origin); chunks in `avoid` are skipped.
+    #[allow(clippy::too_many_arguments)]
     pub fn pick(
         &mut self,
         peer_has: &Bitfield,
         have: &Bitfield,
         inflight: &HashMap<u32, Vec<String>>,
+        avoid: &HashMap<u32, std::time::Instant>,
         max_bytes: u64,
         max_chunks: usize,
         unique_only: bool,
@@ -108,7 +110,11 @@ impl Picker {
         let mut out = Vec::new();
         let mut bytes = 0u64;
         for &i in &self.order {
-            if have.get(i) || !peer_has.get(i) || inflight.contains_key(&i) {
+            if have.get(i)
+                || !peer_has.get(i)
+                || inflight.contains_key(&i)
+                || avoid.contains_key(&i)
+            {
                 continue;
             }
             if unique_only && self.rarity[i as usize] > 0 {
@@ -174,9 +180,9 @@ mod tests {
         let mut inflight = HashMap::new();
         inflight.insert(5u32, vec!["x".to_owned()]);
         // Chunk 4 is rarest (only on a); 5 is in flight; 0 is held.
-        let got = p.pick(&a, &have, &inflight, 10, 8, false);
+        let got = p.pick(&a, &have, &inflight, &HashMap::new(), 10, 8, false);
         assert_eq!(got, vec![4]);
-        let got = p.pick(&a, &have, &inflight, 1000, 8, false);
+        let got = p.pick(&a, &have, &inflight, &HashMap::new(), 1000, 8, false);
         assert_eq!(got.len(), 4);
         assert!(!got.contains(&0) && !got.contains(&5));
         assert_eq!(got[0], 4);
@@ -189,7 +195,15 @@ mod tests {
             .map(|seed| {
                 let mut p = Picker::new(vec![1; 64], seed);
                 p.add_peer(&seed_has);
-                p.pick(&seed_has, &Bitfield::new(64), &HashMap::new(), 1, 1, false)[0]
+                p.pick(
+                    &seed_has,
+                    &Bitfield::new(64),
+                    &HashMap::new(),
+                    &HashMap::new(),
+                    1,
+                    1,
+                    false,
+                )[0]
             })
             .collect();
         assert!(firsts.len() >= 10, "{firsts:?}");
@@ -200,7 +214,15 @@ mod tests {
         let mut p = Picker::new(vec![1; 4], 3);
         p.add_peer(&bits(4, &[0, 1]));
         let origin = Bitfield::full(4);
-        let mut got = p.pick(&origin, &Bitfield::new(4), &HashMap::new(), 10, 10, true);
+        let mut got = p.pick(
+            &origin,
+            &Bitfield::new(4),
+            &HashMap::new(),
+            &HashMap::new(),
+            10,
+            10,
+            true,
+        );
         got.sort();
         assert_eq!(got, vec![2, 3]);
     }

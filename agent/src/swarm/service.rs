@@ -28,21 +28,69 @@ const MAX_HAVE_BATCH: usize = 4096;
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
+/// For packages this agent published: when each chunk last went out in
+/// full. The origin declines a chunk it sent moments ago while others have
+/// never gone out (super-seeding), so its upload goes to chunks the swarm
+/// lacks and peers spread the rest. Time-bounded, so a peer that cannot
+/// reach the one that got the chunk waits at most [`SUPERSEED_WINDOW`].
+type Seeded = std::collections::HashMap<ContentId, Vec<Option<std::time::Instant>>>;
+
+/// How long the origin prefers unsent chunks over one it just sent.
+pub const SUPERSEED_WINDOW: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Serves this agent's packages to its peers.
 #[derive(Debug, Clone)]
 pub struct SwarmService {
     ctx: Arc<SwarmContext>,
+    seeded: Arc<std::sync::Mutex<Seeded>>,
 }
 
 impl SwarmService {
     pub fn new(ctx: Arc<SwarmContext>) -> Self {
-        Self { ctx }
+        Self {
+            ctx,
+            seeded: Arc::default(),
+        }
+    }
+
+    /// As origin: may these chunks go out now? Not when one of them went
+    /// out within [`SUPERSEED_WINDOW`] while some chunk never has.
+    fn origin_allows(&self, pkg: &Package, chunks: &[u32]) -> bool {
+        if pkg.record().external_root.is_none() {
+            return true;
+        }
+        let seeded = self.seeded.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(sent) = seeded.get(&pkg.id) else {
+            return true;
+        };
+        if sent.iter().all(Option::is_some) {
+            return true;
+        }
+        !chunks.iter().any(|&c| {
+            sent.get(c as usize)
+                .copied()
+                .flatten()
+                .is_some_and(|t| t.elapsed() < SUPERSEED_WINDOW)
+        })
     }
 
     pub fn into_server(self) -> pb::swarm_server::SwarmServer<Self> {
         pb::swarm_server::SwarmServer::new(self)
             .max_decoding_message_size(crate::transport::MAX_MESSAGE)
             .max_encoding_message_size(crate::transport::MAX_MESSAGE)
+    }
+
+    /// Records that a chunk went out in full.
+    fn mark_sent(seeded: &std::sync::Mutex<Seeded>, pkg: &Package, chunk: u32) {
+        if pkg.record().external_root.is_none() {
+            return;
+        }
+        let n = pkg.manifest.chunks.len();
+        let mut seeded = seeded.lock().unwrap_or_else(|p| p.into_inner());
+        let sent = seeded.entry(pkg.id).or_insert_with(|| vec![None; n]);
+        if let Some(slot) = sent.get_mut(chunk as usize) {
+            *slot = Some(std::time::Instant::now());
+        }
     }
 
     /// The caller, from its verified client certificate. Re-checks the deny
@@ -220,9 +268,15 @@ impl pb::swarm_server::Swarm for SwarmService {
                     self.ctx.upload_slot_count
                 ))
             })?;
+        if !self.origin_allows(&pkg, &r.chunks) {
+            return Err(Status::aborted(
+                "the origin has sent these chunks to other peers already; fetch them from the swarm",
+            ));
+        }
         self.ctx.store.touch(&pkg);
         let (tx, rx) = mpsc::channel(FRAME_QUEUE);
         let ctx = self.ctx.clone();
+        let seeded = self.seeded.clone();
         self.ctx.tasks.spawn(async move {
             let _permit = permit;
             for c in r.chunks {
@@ -260,6 +314,7 @@ impl pb::swarm_server::Swarm for SwarmService {
                     ctx.counters.sent.fetch_add(len, std::sync::atomic::Ordering::Relaxed);
                     off = end;
                 }
+                Self::mark_sent(&seeded, &pkg, c);
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
