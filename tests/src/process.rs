@@ -5,8 +5,65 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::netns::Testbed;
 use crate::swarm::Pki;
 use crate::{Run, bin};
+
+/// A seed (`seed`, on the first host) and agents (`host-N`) on every host
+/// of a testbed, listening on port 7400, finding each other by mDNS.
+pub fn start_on_testbed(pki: &Pki, tb: &Testbed, work: &Path) -> Vec<AgentProcess> {
+    tb.hosts
+        .iter()
+        .enumerate()
+        .map(|(i, h)| {
+            let id = if i == 0 {
+                "seed".to_owned()
+            } else {
+                format!("host-{i}")
+            };
+            AgentProcess::start_with(
+                pki,
+                &id,
+                &work.join(&id),
+                AgentOptions {
+                    listen: Some(format!("{}:7400", h.ip)),
+                    netns: Some(h.ns.clone()),
+                    mdns: true,
+                    ..Default::default()
+                },
+            )
+        })
+        .collect()
+}
+
+/// Waits until every agent knows at least `n` peers from `source`
+/// (`mdns`, `static`, …) or from any source.
+pub fn wait_for_peers(agents: &[AgentProcess], n: usize, source: Option<&str>, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    for a in agents {
+        loop {
+            let peers = a.shoal(&["peers", "--json"]).json();
+            let found = peers
+                .as_array()
+                .map(|l| {
+                    l.iter()
+                        .filter(|p| source.is_none_or(|s| p["source"] == s))
+                        .count()
+                })
+                .unwrap_or(0);
+            if found >= n {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} found only {found} peers; log:\n{}",
+                a.id,
+                a.log()
+            );
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+}
 
 /// A free loopback port (bound, then released for the agent to take).
 pub fn free_port() -> u16 {
@@ -169,6 +226,20 @@ impl AgentProcess {
             .output()
             .unwrap_or_else(|e| panic!("running shoal: {e}"))
             .into()
+    }
+
+    /// `shoal publish MANIFEST CONTENT` on this agent; panics on failure.
+    pub fn publish(&self, manifest: &Path, content: &Path) {
+        let run = self.shoal(&[
+            "publish",
+            manifest.to_str().expect("utf-8 path"),
+            content.to_str().expect("utf-8 path"),
+        ]);
+        assert_eq!(
+            run.code, 0,
+            "{}: publish failed: {}{}",
+            self.id, run.stdout, run.stderr
+        );
     }
 
     /// Process id of the running agent.

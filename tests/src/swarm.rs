@@ -90,6 +90,27 @@ impl Pki {
     }
 }
 
+impl Pki {
+    /// Writes `size` random bytes as `dir/content/image.bin`, packages and
+    /// signs it, and writes the manifest to `dir/package.manifest`.
+    /// Returns (content directory, manifest path).
+    pub fn write_package(
+        &self,
+        dir: &Path,
+        name: &str,
+        size: u64,
+        chunking: ChunkingSpec,
+    ) -> (PathBuf, PathBuf) {
+        let content = dir.join("content");
+        std::fs::create_dir_all(&content).expect("mkdir");
+        crate::write_random(&content.join("image.bin"), size, name.as_bytes());
+        let signed = self.package(&content, name, chunking);
+        let manifest = dir.join("package.manifest");
+        std::fs::write(&manifest, signed.encode()).expect("write manifest");
+        (content, manifest)
+    }
+}
+
 impl Default for Pki {
     fn default() -> Self {
         Self::new()

@@ -7,9 +7,8 @@ use std::time::{Duration, Instant};
 
 use shoal_proto::chunking::ChunkingSpec;
 use shoal_tests::netns::{Testbed, unavailable};
-use shoal_tests::process::{AgentOptions, AgentProcess};
+use shoal_tests::process::{start_on_testbed, wait_for_peers};
 use shoal_tests::swarm::{Pki, tree_hashes};
-use shoal_tests::write_random;
 
 const HOSTS: usize = 9;
 const SIZE: u64 = 64 << 20;
@@ -23,70 +22,18 @@ fn seed_and_eight_agents_found_by_mdns_alone() {
     let tb = Testbed::new(HOSTS, Some("100mbit")).expect("testbed");
     let pki = Pki::new();
     let work = tempfile::tempdir().expect("tempdir");
-    let content = work.path().join("content");
-    std::fs::create_dir_all(&content).expect("mkdir");
-    write_random(&content.join("image.bin"), SIZE, b"lan");
-    let signed = pki.package(
-        &content,
+    let (content, manifest) = pki.write_package(
+        work.path(),
         "lab/lan",
+        SIZE,
         ChunkingSpec::fixed(4 << 20).expect("valid"),
     );
-    let manifest = work.path().join("lan.manifest");
-    std::fs::write(&manifest, signed.encode()).expect("write");
-
-    let agents: Vec<AgentProcess> = tb
-        .hosts
-        .iter()
-        .enumerate()
-        .map(|(i, h)| {
-            let id = if i == 0 {
-                "seed".to_owned()
-            } else {
-                format!("host-{i}")
-            };
-            AgentProcess::start_with(
-                &pki,
-                &id,
-                &work.path().join(&id),
-                AgentOptions {
-                    listen: Some(format!("{}:7400", h.ip)),
-                    netns: Some(h.ns.clone()),
-                    mdns: true,
-                    ..Default::default()
-                },
-            )
-        })
-        .collect();
-    let run = agents[0].shoal(&[
-        "publish",
-        manifest.to_str().expect("utf-8"),
-        content.to_str().expect("utf-8"),
-    ]);
-    assert_eq!(run.code, 0, "publish: {}{}", run.stdout, run.stderr);
+    let agents = start_on_testbed(&pki, &tb, work.path());
+    agents[0].publish(&manifest, &content);
 
     // Discovery: everyone sees everyone else through mDNS.
     let discovery = Instant::now();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    for a in &agents {
-        loop {
-            let peers = a.shoal(&["peers", "--json"]).json();
-            let mdns = peers
-                .as_array()
-                .map(|l| l.iter().filter(|p| p["source"] == "mdns").count())
-                .unwrap_or(0);
-            if mdns >= HOSTS - 1 {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{} found only {mdns} peers by mDNS; log:\n{}",
-                a.id,
-                a.log()
-            );
-            std::thread::sleep(Duration::from_millis(250));
-        }
-    }
-
+    wait_for_peers(&agents, HOSTS - 1, Some("mdns"), Duration::from_secs(60));
     eprintln!(
         "mDNS: every agent saw all {} others after {:.1} s",
         HOSTS - 1,

@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 use shoal_proto::chunking::ChunkingSpec;
 use shoal_tests::process::AgentProcess;
 use shoal_tests::swarm::{Pki, tree_hashes};
-use shoal_tests::write_random;
 
 const SIZE: u64 = 96 << 20;
 /// What may be fetched twice: requests in flight at the kill (4 per peer
@@ -41,16 +40,12 @@ fn bytes_done(a: &AgentProcess, package: &str) -> u64 {
 fn killed_agents_resume_without_refetching() {
     let pki = Pki::new();
     let work = tempfile::tempdir().expect("tempdir");
-    let content = work.path().join("content");
-    std::fs::create_dir_all(&content).expect("mkdir");
-    write_random(&content.join("image.bin"), SIZE, b"resume");
-    let signed = pki.package(
-        &content,
+    let (content, manifest_path) = pki.write_package(
+        work.path(),
         "lab/resume",
+        SIZE,
         ChunkingSpec::fixed(1 << 20).expect("valid"),
     );
-    let manifest_path = work.path().join("resume.manifest");
-    std::fs::write(&manifest_path, signed.encode()).expect("write manifest");
 
     // The seed uploads at 24 MiB/s so the transfer takes a few seconds.
     let seed = AgentProcess::start(
@@ -60,12 +55,7 @@ fn killed_agents_resume_without_refetching() {
         &[],
         "limits:\n  upload_rate: 24MiB/s",
     );
-    let run = seed.shoal(&[
-        "publish",
-        manifest_path.to_str().expect("utf-8"),
-        content.to_str().expect("utf-8"),
-    ]);
-    assert_eq!(run.code, 0, "publish: {}{}", run.stdout, run.stderr);
+    seed.publish(&manifest_path, &content);
 
     let mut agents: Vec<AgentProcess> = ["agent-a", "agent-b"]
         .iter()

@@ -47,6 +47,26 @@ pub struct PackageDemoArgs {
     pub image_size: u64,
 }
 
+/// Where a demo works: `keep` if given, else a temporary directory that is
+/// removed when the returned guard drops.
+pub(crate) fn work_dir(
+    keep: Option<&Path>,
+) -> Result<(PathBuf, Option<tempfile::TempDir>), CliError> {
+    match keep {
+        Some(d) => {
+            fs::create_dir_all(d).map_err(io_err(d))?;
+            Ok((d.to_owned(), None))
+        }
+        None => {
+            let tmp = tempfile::Builder::new()
+                .prefix("shoal-demo-")
+                .tempdir()
+                .map_err(|e| CliError::io(e, "creating a temporary directory"))?;
+            Ok((tmp.path().to_owned(), Some(tmp)))
+        }
+    }
+}
+
 pub(crate) fn step(out: Output, text: &str) {
     if !out.json {
         println!("==> {text}");
@@ -110,20 +130,7 @@ pub fn run(a: DemoArgs, out: Output) -> Result<u8, CliError> {
 }
 
 fn run_package(a: PackageDemoArgs, out: Output) -> Result<u8, CliError> {
-    let tmp;
-    let base = match &a.keep {
-        Some(d) => {
-            fs::create_dir_all(d).map_err(io_err(d))?;
-            d.clone()
-        }
-        None => {
-            tmp = tempfile::Builder::new()
-                .prefix("shoal-demo-")
-                .tempdir()
-                .map_err(|e| CliError::io(e, "creating a temporary directory"))?;
-            tmp.path().to_owned()
-        }
-    };
+    let (base, _tmp) = work_dir(a.keep.as_deref())?;
 
     step(out, "generating a publisher key");
     let key = PublisherKey::generate()?;

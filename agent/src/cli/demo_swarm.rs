@@ -14,7 +14,7 @@ use shoal_proto::pki::{CertificateAuthority, IssueRequest};
 use shoal_proto::units::{Bytes, parse_size};
 use shoal_proto::{PublisherKey, SignedManifest};
 
-use super::demo::{io_err, sample_tree, step};
+use super::demo::{io_err, sample_tree, step, work_dir};
 use super::exit::{self, CliError};
 use super::output::Output;
 use crate::agent::Agent;
@@ -53,20 +53,7 @@ pub fn run(a: SwarmDemoArgs, out: Output) -> Result<u8, CliError> {
 }
 
 async fn run_async(a: SwarmDemoArgs, out: Output) -> Result<u8, CliError> {
-    let tmp;
-    let base = match &a.keep {
-        Some(d) => {
-            std::fs::create_dir_all(d).map_err(io_err(d))?;
-            d.clone()
-        }
-        None => {
-            tmp = tempfile::Builder::new()
-                .prefix("shoal-demo-")
-                .tempdir()
-                .map_err(|e| CliError::io(e, "creating a temporary directory"))?;
-            tmp.path().to_owned()
-        }
-    };
+    let (base, _tmp) = work_dir(a.keep.as_deref())?;
 
     step(out, "creating a throwaway CA and a publisher key");
     let ca = CertificateAuthority::generate("shoal demo CA").map_err(demo_err)?;
