@@ -51,8 +51,6 @@ pub enum StartError {
         path: PathBuf,
         cause: std::io::Error,
     },
-    #[error(transparent)]
-    Mdns(#[from] mdns::MdnsError),
 }
 
 /// Why a package could not be published.
@@ -149,13 +147,21 @@ impl Agent {
                 addrs: local_addrs.clone(),
                 fingerprint: identity.fingerprint.clone(),
             };
-            let (daemon, events) = mdns::start(&ann)?;
-            tasks.spawn(mdns::browse_task(
-                daemon,
-                events,
-                peers.clone(),
-                cancel.clone(),
-            ));
+            // Multicast can be blocked or absent; static peers (and later
+            // the controller's roster) still work, so carry on without it.
+            match mdns::start(&ann) {
+                Ok((daemon, events)) => {
+                    tasks.spawn(mdns::browse_task(
+                        daemon,
+                        events,
+                        peers.clone(),
+                        cancel.clone(),
+                    ));
+                }
+                Err(e) => {
+                    tracing::warn!("mDNS discovery unavailable, using static peers only: {e}")
+                }
+            }
         }
         tasks.spawn(discovery::sweep_task(
             peers.clone(),
