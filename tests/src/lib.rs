@@ -105,20 +105,7 @@ pub fn shoal(cwd: &Path, args: &[&str]) -> Run {
 
 /// Writes `size` deterministic pseudo-random bytes, streaming.
 pub fn write_random(path: &Path, size: u64, seed: &[u8]) {
-    use std::io::Write;
-    let file = std::fs::File::create(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let mut w = std::io::BufWriter::with_capacity(1 << 20, file);
-    let mut xof = blake3::Hasher::new().update(seed).finalize_xof();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut left = size;
-    while left > 0 {
-        let n = left.min(buf.len() as u64) as usize;
-        xof.fill(&mut buf[..n]);
-        w.write_all(&buf[..n])
-            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        left -= n as u64;
-    }
-    w.flush()
+    shoal_agent::cli::bench::write_random_file(path, size, seed)
         .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
 }
 

@@ -7,16 +7,15 @@
 //! Run: `cargo run --release -p shoal-tests --bin bench-swarm -- --help`
 //! (as root, for the namespaces).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
 use shoal_proto::chunking::ChunkingSpec;
 use shoal_proto::units::{parse_rate, parse_size};
 use shoal_tests::netns::{Testbed, unavailable};
-use shoal_tests::process::{AgentOptions, AgentProcess};
+use shoal_tests::process::{AgentProcess, start_on_testbed, wait_for_peers};
 use shoal_tests::swarm::Pki;
-use shoal_tests::write_random;
 
 /// TCP payload gets about this share of a tbf rate on this kind of machine
 /// (PRODUCT.md); the ideal makespan uses the rate TCP can reach.
@@ -107,15 +106,10 @@ fn done_bytes(a: &AgentProcess, package: &str) -> (u64, bool) {
     )
 }
 
-fn make_package(pki: &Pki, dir: &Path, name: &str, size: u64, chunk: u64) -> std::path::PathBuf {
-    let content = dir.join("content");
-    std::fs::create_dir_all(&content).expect("mkdir");
+fn write_package(pki: &Pki, dir: &Path, name: &str, size: u64, chunk: u64) -> (PathBuf, PathBuf) {
     eprintln!("writing {} MiB of content …", size >> 20);
-    write_random(&content.join("image.bin"), size, b"bench");
     let spec = ChunkingSpec::fixed(u32::try_from(chunk).expect("chunk size")).expect("chunk size");
-    let signed = pki.package(&content, name, spec);
-    std::fs::write(dir.join("pkg.manifest"), signed.encode()).expect("write manifest");
-    content
+    pki.write_package(dir, name, size, spec)
 }
 
 fn main() {
@@ -131,53 +125,12 @@ fn main() {
     let tc_rate = format!("{}bit", rate_bytes * 8);
     let pki = Pki::new();
     let work = tempfile::tempdir().expect("tempdir");
-    let content = make_package(&pki, work.path(), "bench/image", args.size, args.chunk_size);
+    let (content, manifest) =
+        write_package(&pki, work.path(), "bench/image", args.size, args.chunk_size);
     let tb = Testbed::new(args.agents + 1, Some(&tc_rate)).expect("testbed");
-    let hosts: Vec<AgentProcess> = tb
-        .hosts
-        .iter()
-        .enumerate()
-        .map(|(i, h)| {
-            let id = if i == 0 {
-                "seed".to_owned()
-            } else {
-                format!("host-{i}")
-            };
-            AgentProcess::start_with(
-                &pki,
-                &id,
-                &work.path().join(&id),
-                AgentOptions {
-                    listen: Some(format!("{}:7400", h.ip)),
-                    netns: Some(h.ns.clone()),
-                    mdns: true,
-                    ..Default::default()
-                },
-            )
-        })
-        .collect();
-    let manifest = work.path().join("pkg.manifest");
-    let run = hosts[0].shoal(&[
-        "publish",
-        manifest.to_str().expect("utf-8"),
-        content.to_str().expect("utf-8"),
-    ]);
-    assert_eq!(run.code, 0, "publish: {}", run.stderr);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    for h in &hosts {
-        loop {
-            let n = h
-                .shoal(&["peers", "--json"])
-                .json()
-                .as_array()
-                .map_or(0, Vec::len);
-            if n >= args.agents {
-                break;
-            }
-            assert!(Instant::now() < deadline, "{} sees only {n} peers", h.id);
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
+    let hosts = start_on_testbed(&pki, &tb, work.path());
+    hosts[0].publish(&manifest, &content);
+    wait_for_peers(&hosts, args.agents, None, Duration::from_secs(60));
 
     eprintln!("distributing to {} agents …", args.agents);
     let started = Instant::now();
@@ -263,15 +216,9 @@ fn main() {
 fn pair(size: u64) {
     let pki = Pki::new();
     let work = tempfile::tempdir().expect("tempdir");
-    let content = make_package(&pki, work.path(), "bench/pair", size, 4 << 20);
+    let (content, manifest) = write_package(&pki, work.path(), "bench/pair", size, 4 << 20);
     let seed = AgentProcess::start(&pki, "seed", &work.path().join("seed"), &[], "");
-    let manifest = work.path().join("pkg.manifest");
-    let run = seed.shoal(&[
-        "publish",
-        manifest.to_str().expect("utf-8"),
-        content.to_str().expect("utf-8"),
-    ]);
-    assert_eq!(run.code, 0, "publish: {}", run.stderr);
+    seed.publish(&manifest, &content);
     let agent = AgentProcess::start(
         &pki,
         "agent",
