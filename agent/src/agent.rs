@@ -169,6 +169,22 @@ impl Agent {
             cancel.clone(),
         ));
 
+        // Large bitfields are saved in batches; this is their clock.
+        let (store, stop) = (ctx.store.clone(), cancel.clone());
+        tasks.spawn(async move {
+            let mut tick = tokio::time::interval(crate::store::HAVE_SAVE_INTERVAL);
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tick.tick() => {
+                        if let Err(e) = store.save_dirty() {
+                            tracing::warn!("saving download state: {e}");
+                        }
+                    }
+                }
+            }
+        });
+
         // Transfers, resuming what was downloading before a restart.
         let transfers = transfers::start(ctx.clone(), config.limits.max_concurrent_downloads);
         for pkg in ctx.store.list() {

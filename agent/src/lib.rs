@@ -7,6 +7,7 @@
 //! `shoal-controller`.
 
 pub mod agent;
+pub mod alloc_tuning;
 pub mod cli;
 pub mod config;
 pub mod discovery;

@@ -78,6 +78,7 @@ async fn shutdown_signal() {
 }
 
 fn main() -> ExitCode {
+    shoal_agent::alloc_tuning::tune();
     let _ = rustls::crypto::ring::default_provider().install_default();
     let args = Args::parse();
     let config = match AgentConfig::load(&args.config) {

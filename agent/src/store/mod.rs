@@ -1,14 +1,16 @@
 //! The chunk store: package content in files, package state in sled.
 //!
-//! Owns where bytes live and what is known about them. Downloads write
-//! verified chunks in place into preallocated files and record them in a
-//! bitfield; a restart re-verifies every chunk it finds recorded for an
-//! unfinished package, so nothing unverified is ever trusted or served.
+//! Owns where bytes live and what is known about them. Downloads stream
+//! chunks in place into preallocated files ([`ChunkWriter`]) and record a
+//! chunk in the bitfield only once all of it matches its hash; a restart
+//! re-verifies every chunk it finds recorded for an unfinished package, so
+//! nothing unverified is ever trusted or served.
 //! Finished packages are materialised read-only and linked at a stable
 //! path, `<data_dir>/packages/<name>@<version>`. A cache quota evicts the
 //! least recently used finished packages that are not pinned.
 
 mod bitfield;
+mod chunk_io;
 mod files;
 mod state;
 
@@ -23,12 +25,22 @@ use shoal_proto::{ContentId, Manifest, SignedManifest};
 use tokio::sync::broadcast;
 
 pub use bitfield::Bitfield;
+pub use chunk_io::{ChunkOutcome, ChunkReader, ChunkWriter};
 pub use state::{PackageRecord, PackageState};
 
 use state::StateDb;
 
 /// Have-updates buffered per package for availability watchers.
 const HAVE_BACKLOG: usize = 4096;
+/// Bitfields up to this size are saved on every verified chunk; larger
+/// ones (packages of over 32k chunks) at most once per
+/// [`HAVE_SAVE_INTERVAL`], so saving never grows quadratic.
+const HAVE_SAVE_EVERY_CHUNK: usize = 4096;
+/// Longest a buffered chunk waits for another request writing the same
+/// chunk; that request's own stall timeout ends it well before.
+const CLAIM_WAIT: std::time::Duration = std::time::Duration::from_secs(120);
+/// How often a large, changed bitfield is saved (see [`Store::save_dirty`]).
+pub const HAVE_SAVE_INTERVAL: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -99,6 +111,12 @@ pub struct Package {
     root: PathBuf,
     root_is_file: bool,
     have: Mutex<Bitfield>,
+    /// The bitfield has chunks not yet saved to the state database.
+    have_dirty: std::sync::atomic::AtomicBool,
+    have_saved: Mutex<std::time::Instant>,
+    /// Chunks a [`ChunkWriter`] is writing right now.
+    writing: Mutex<std::collections::HashSet<u32>>,
+    claim_released: tokio::sync::Notify,
     have_tx: broadcast::Sender<u32>,
     record: Mutex<PackageRecord>,
 }
@@ -142,6 +160,20 @@ impl Package {
 
     fn lock_have(&self) -> std::sync::MutexGuard<'_, Bitfield> {
         self.have.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn lock_writing(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<u32>> {
+        self.writing.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Takes the right to write `chunk`; false if someone holds it.
+    fn claim(&self, chunk: u32) -> bool {
+        self.lock_writing().insert(chunk)
+    }
+
+    fn release_claim(&self, chunk: u32) {
+        self.lock_writing().remove(&chunk);
+        self.claim_released.notify_waiters();
     }
 
     fn chunk_location(&self, chunk: u32) -> Result<(PathBuf, u64, u32, blake3::Hash), StoreError> {
@@ -281,6 +313,10 @@ impl Store {
             root,
             root_is_file,
             have: Mutex::new(have),
+            have_dirty: false.into(),
+            have_saved: Mutex::new(std::time::Instant::now()),
+            writing: Mutex::default(),
+            claim_released: tokio::sync::Notify::new(),
             have_tx: broadcast::channel(HAVE_BACKLOG).0,
             record: Mutex::new(record),
         });
@@ -515,66 +551,104 @@ impl Store {
         Ok(pkg)
     }
 
-    /// Stores a chunk the caller has verified against its hash. Returns
-    /// whether it was new.
+    /// Stores a whole chunk the caller holds in memory. Returns whether it
+    /// was new. While another request writes the chunk, waits for it to
+    /// finish: it either stores the chunk or gives way.
     pub async fn write_chunk(
         &self,
         pkg: &Arc<Package>,
         chunk: u32,
         data: Bytes,
     ) -> Result<bool, StoreError> {
-        if pkg.has_chunk(chunk) {
-            return Ok(false);
-        }
-        let (path, offset, len, _) = pkg.chunk_location(chunk)?;
-        if data.len() != len as usize {
+        let deadline = tokio::time::Instant::now() + CLAIM_WAIT;
+        let mut w = loop {
+            let released = pkg.claim_released.notified();
+            if let Some(w) = self.begin_chunk(pkg, chunk).await? {
+                break w;
+            }
+            if pkg.has_chunk(chunk) {
+                return Ok(false);
+            }
+            if tokio::time::timeout_at(deadline, released).await.is_err() {
+                return Err(StoreError::Internal(format!(
+                    "chunk {chunk} stayed claimed by another request for {CLAIM_WAIT:?}"
+                )));
+            }
+        };
+        if data.len() != w.remaining() as usize {
             return Err(StoreError::Internal(format!(
-                "chunk {chunk} is {} bytes, expected {len}",
-                data.len()
+                "chunk {chunk} is {} bytes, expected {}",
+                data.len(),
+                w.remaining()
             )));
         }
-        let p = path.clone();
-        blocking(move || files::write_chunk(&p, offset, &data).map_err(io_err(&p))).await?;
-        let bits = {
+        w.write(data).await?;
+        match self.finish_chunk(w).await? {
+            ChunkOutcome::Stored => Ok(true),
+            ChunkOutcome::Mismatch => Err(StoreError::ContentMismatch(format!(
+                "chunk {chunk} does not match its hash"
+            ))),
+        }
+    }
+
+    /// Marks a verified chunk held and tells watchers. Small bitfields are
+    /// saved at once; large ones when [`HAVE_SAVE_INTERVAL`] has passed,
+    /// otherwise by the next [`Store::save_dirty`].
+    fn record_chunk(&self, pkg: &Package, chunk: u32) -> Result<bool, StoreError> {
+        {
             let mut have = pkg.lock_have();
             if !have.set(chunk) {
                 return Ok(false);
             }
-            have.as_bytes().to_vec()
-        };
-        self.db.put_have(&pkg.id, &bits)?;
+            let mut saved = pkg.have_saved.lock().unwrap_or_else(|p| p.into_inner());
+            if have.as_bytes().len() <= HAVE_SAVE_EVERY_CHUNK
+                || have.is_complete()
+                || saved.elapsed() >= HAVE_SAVE_INTERVAL
+            {
+                // Under the lock, so saves land in the order bits were set.
+                self.db.put_have(&pkg.id, have.as_bytes())?;
+                *saved = std::time::Instant::now();
+            } else {
+                pkg.have_dirty
+                    .store(true, std::sync::atomic::Ordering::Release);
+            }
+        }
         let _ = pkg.have_tx.send(chunk);
         Ok(true)
     }
 
-    /// Reads a held chunk and checks it against its hash before anyone
-    /// sees it. A chunk that no longer matches is dropped from the bitfield.
-    pub async fn read_chunk(&self, pkg: &Arc<Package>, chunk: u32) -> Result<Bytes, StoreError> {
-        let (path, offset, len, hash) = pkg.chunk_location(chunk)?;
-        if !pkg.has_chunk(chunk) {
-            return Err(StoreError::NotHeld { chunk });
-        }
-        let p = path.clone();
-        let data = blocking(move || {
-            let data = files::read_chunk(&p, offset, len).map_err(io_err(&p))?;
-            Ok((blake3::hash(&data) == hash).then_some(data))
-        })
-        .await?;
-        match data {
-            Some(d) => Ok(Bytes::from(d)),
-            None => {
-                tracing::error!(package = %pkg.name_version(), chunk, path = %path.display(), "stored chunk fails its hash; dropping it");
-                let bits = {
-                    let mut have = pkg.lock_have();
-                    have.clear(chunk);
-                    have.as_bytes().to_vec()
-                };
-                if pkg.record().state == PackageState::Complete {
-                    let _ = self.save_record(pkg, |r| r.state = PackageState::Paused);
-                }
-                self.db.put_have(&pkg.id, &bits)?;
-                Err(StoreError::Corrupt { chunk })
+    /// Saves every bitfield with unsaved chunks. The agent calls this every
+    /// [`HAVE_SAVE_INTERVAL`] and at shutdown.
+    pub fn save_dirty(&self) -> Result<(), StoreError> {
+        for pkg in self.list() {
+            if pkg
+                .have_dirty
+                .swap(false, std::sync::atomic::Ordering::AcqRel)
+            {
+                let have = pkg.lock_have();
+                self.db.put_have(&pkg.id, have.as_bytes())?;
+                *pkg.have_saved.lock().unwrap_or_else(|p| p.into_inner()) =
+                    std::time::Instant::now();
             }
+        }
+        Ok(())
+    }
+
+    /// A held chunk no longer matches its hash: drop it from the bitfield
+    /// (it will be fetched again) and pause a package that was complete.
+    fn drop_corrupt(&self, pkg: &Package, chunk: u32) -> StoreError {
+        tracing::error!(package = %pkg.name_version(), chunk, "stored chunk fails its hash; dropping it");
+        let saved = {
+            let mut have = pkg.lock_have();
+            have.clear(chunk);
+            self.db.put_have(&pkg.id, have.as_bytes())
+        };
+        if pkg.record().state == PackageState::Complete {
+            let _ = self.save_record(pkg, |r| r.state = PackageState::Paused);
+        }
+        match saved {
+            Ok(()) => StoreError::Corrupt { chunk },
+            Err(e) => e,
         }
     }
 
@@ -652,6 +726,7 @@ impl Store {
     }
 
     pub async fn flush(&self) -> Result<(), StoreError> {
+        self.save_dirty()?;
         self.db.flush().await
     }
 }

@@ -24,7 +24,7 @@ use super::SwarmContext;
 use super::picker::Picker;
 use super::pool::PeerConn;
 use crate::discovery::{PeerEntry, PeerKey};
-use crate::store::{Bitfield, Package, StoreError};
+use crate::store::{Bitfield, ChunkOutcome, ChunkWriter, Package, StoreError};
 
 /// Bytes asked of a peer in one request: large enough to amortise the
 /// round trip, small enough that a stalled peer holds little hostage.
@@ -51,8 +51,6 @@ const RETRY_MAX: Duration = Duration::from_secs(30);
 const MAX_PEER_FAILURES: u32 = 3;
 /// Progress rate is averaged over this window.
 const RATE_WINDOW: Duration = Duration::from_secs(5);
-/// Chunks at least this large are hashed on the blocking pool.
-const BLOCKING_HASH_BYTES: u32 = 256 << 10;
 
 /// How a download ended without completing.
 #[derive(Debug, thiserror::Error)]
@@ -668,6 +666,12 @@ async fn watch_peer(
         .await;
 }
 
+/// Where one incoming chunk goes while it arrives.
+enum Sink {
+    Disk(ChunkWriter),
+    Memory(BytesMut),
+}
+
 /// Fetches `chunks` from one peer, verifying and storing each.
 async fn fetch(
     ctx: Arc<SwarmContext>,
@@ -698,17 +702,26 @@ async fn fetch(
         for &c in &chunks {
             let meta = pkg.manifest.chunks[c as usize];
             let len = meta.length as usize;
-            let mut buf = BytesMut::with_capacity(len);
+            // Normally the chunk streams to disk as it arrives. When another
+            // request is writing it (end-game), buffer, verify and offer it
+            // to the store afterwards.
+            let mut sink = match ctx.store.begin_chunk(&pkg, c).await {
+                Ok(Some(w)) => Sink::Disk(w),
+                Ok(None) => Sink::Memory(BytesMut::with_capacity(len)),
+                Err(e) => {
+                    let _ = tx.send(Msg::StoreFailed(e)).await;
+                    return Err("store failed".into());
+                }
+            };
+            let mut got = 0usize;
             let started = Instant::now();
-            while buf.len() < len {
+            while got < len {
                 let frame = tokio::time::timeout(timeout, stream.message())
                     .await
                     .map_err(|_| format!("stalled for {timeout:?} in chunk {c}"))?
                     .map_err(|s| format!("{:?}: {}", s.code(), s.message()))?
                     .ok_or_else(|| format!("stream ended in chunk {c}"))?;
-                if frame.chunk != c
-                    || frame.offset as usize != buf.len()
-                    || buf.len() + frame.data.len() > len
+                if frame.chunk != c || frame.offset as usize != got || got + frame.data.len() > len
                 {
                     let _ = tx
                         .send(Msg::ChunkBad {
@@ -720,30 +733,53 @@ async fn fetch(
                     return Err("protocol error".into());
                 }
                 ctx.download_limit.acquire(frame.data.len() as u64).await;
-                buf.extend_from_slice(&frame.data);
+                got += frame.data.len();
+                match &mut sink {
+                    Sink::Disk(w) => {
+                        if let Err(e) = w.write(frame.data).await {
+                            let _ = tx.send(Msg::StoreFailed(e)).await;
+                            return Err("store failed".into());
+                        }
+                    }
+                    Sink::Memory(buf) => buf.extend_from_slice(&frame.data),
+                }
             }
-            let data = buf.freeze();
-            let ok = if meta.length >= BLOCKING_HASH_BYTES {
-                let d = data.clone();
-                tokio::task::spawn_blocking(move || blake3::hash(&d) == meta.hash)
+            let stored = match sink {
+                Sink::Disk(w) => ctx
+                    .store
+                    .finish_chunk(w)
                     .await
-                    .unwrap_or(false)
-            } else {
-                blake3::hash(&data) == meta.hash
+                    .map(|o| o == ChunkOutcome::Stored),
+                Sink::Memory(buf) => {
+                    let data = buf.freeze();
+                    let d = data.clone();
+                    let ok = tokio::task::spawn_blocking(move || blake3::hash(&d) == meta.hash)
+                        .await
+                        .unwrap_or(false);
+                    if ok {
+                        // false: another request stored it meanwhile; done either way.
+                        ctx.store.write_chunk(&pkg, c, data).await.map(|_| true)
+                    } else {
+                        Ok(false)
+                    }
+                }
             };
-            if !ok {
-                let _ = tx
-                    .send(Msg::ChunkBad {
-                        agent: agent.clone(),
-                        chunk: c,
-                        reason: "content does not match its hash".into(),
-                    })
-                    .await;
-                return Err(format!("chunk {c} failed verification"));
-            }
-            if let Err(e) = ctx.store.write_chunk(&pkg, c, data).await {
-                let _ = tx.send(Msg::StoreFailed(e)).await;
-                return Err("store failed".into());
+            match stored {
+                Ok(true) => {}
+                Ok(false) => {
+                    let _ = tx
+                        .send(Msg::ChunkBad {
+                            agent: agent.clone(),
+                            chunk: c,
+                            reason: "content does not match its hash".into(),
+                        })
+                        .await;
+                    return Err(format!("chunk {c} failed verification"));
+                }
+                Err(e) => {
+                    let _ = tx.send(Msg::StoreFailed(e)).await;
+                    return Err("store failed".into());
+                }
             }
             done += 1;
             let secs = started.elapsed().as_secs_f64();

@@ -11,7 +11,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use super::SwarmContext;
-use crate::store::{Package, PackageState, StoreError};
+use crate::store::{Package, StoreError};
 
 /// Most chunks one FetchChunks request may ask for.
 pub const MAX_CHUNKS_PER_REQUEST: usize = 256;
@@ -21,8 +21,9 @@ pub const MAX_BYTES_PER_REQUEST: u64 = 64 << 20;
 /// Chunk bytes per frame: well under the gRPC message limit and small
 /// enough for smooth rate limiting.
 pub const FRAME_BYTES: usize = 512 << 10;
-/// Frames buffered per response stream.
-const FRAME_QUEUE: usize = 4;
+/// Frames buffered per response stream: with [`FRAME_BYTES`], what one
+/// upload slot holds in memory besides the frame being read.
+const FRAME_QUEUE: usize = 2;
 /// Have-updates batched into one message at most.
 const MAX_HAVE_BATCH: usize = 4096;
 
@@ -280,23 +281,27 @@ impl pb::swarm_server::Swarm for SwarmService {
         self.ctx.tasks.spawn(async move {
             let _permit = permit;
             for c in r.chunks {
-                let data = match ctx.store.read_chunk(&pkg, c).await {
-                    Ok(d) => d,
-                    Err(e @ StoreError::Corrupt { .. }) => {
-                        let _ = ctx.store.set_state(&pkg, PackageState::Paused, &e.to_string());
-                        let _ = tx.send(Err(Status::data_loss(e.to_string()))).await;
-                        return;
-                    }
+                let mut reader = match ctx.store.chunk_reader(&pkg, c, FRAME_BYTES as u32) {
+                    Ok(r) => r,
                     Err(e) => {
-                        tracing::warn!(package = %pkg.name_version(), chunk = c, "serving failed: {e}");
-                        let _ = tx.send(Err(Status::unavailable(e.to_string()))).await;
+                        let _ = tx.send(Err(Status::failed_precondition(e.to_string()))).await;
                         return;
                     }
                 };
-                let mut off = 0usize;
-                while off < data.len() {
-                    let end = (off + FRAME_BYTES).min(data.len());
-                    let frame = data.slice(off..end);
+                loop {
+                    let (offset, frame) = match reader.next_piece(&ctx.store).await {
+                        Ok(Some(piece)) => piece,
+                        Ok(None) => break,
+                        Err(e @ StoreError::Corrupt { .. }) => {
+                            let _ = tx.send(Err(Status::data_loss(e.to_string()))).await;
+                            return;
+                        }
+                        Err(e) => {
+                            tracing::warn!(package = %pkg.name_version(), chunk = c, "serving failed: {e}");
+                            let _ = tx.send(Err(Status::unavailable(e.to_string()))).await;
+                            return;
+                        }
+                    };
                     tokio::select! {
                         _ = ctx.cancel.cancelled() => return,
                         _ = ctx.upload_limit.acquire(frame.len() as u64) => {}
@@ -304,7 +309,7 @@ impl pb::swarm_server::Swarm for SwarmService {
                     let len = frame.len() as u64;
                     let msg = pb::ChunkFrame {
                         chunk: c,
-                        offset: off as u32,
+                        offset,
                         data: frame,
                     };
                     if tx.send(Ok(msg)).await.is_err() {
@@ -312,7 +317,6 @@ impl pb::swarm_server::Swarm for SwarmService {
                         return;
                     }
                     ctx.counters.sent.fetch_add(len, std::sync::atomic::Ordering::Relaxed);
-                    off = end;
                 }
                 Self::mark_sent(&seeded, &pkg, c);
             }

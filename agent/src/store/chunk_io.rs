@@ -1,0 +1,233 @@
+//! Streaming chunk I/O: chunks move between the network and their files
+//! in frame-sized pieces, so neither serving nor downloading holds a whole
+//! chunk in memory.
+//!
+//! A [`ChunkWriter`] is the exclusive right to write one chunk's region:
+//! pieces go to disk as they arrive while BLAKE3 runs over them, and the
+//! chunk enters the bitfield only once the whole of it matches its hash.
+//! Unverified bytes in a region the bitfield does not claim are never
+//! served or trusted (a restart re-verifies), so writing them in place is
+//! safe; the claim keeps two senders of the same chunk from interleaving.
+//!
+//! A [`ChunkReader`] hashes what it reads and holds back a chunk's last
+//! piece until the whole chunk has matched, so a chunk rotted on disk ends
+//! in an error rather than reaching the peer complete.
+
+use std::fs::File;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::{Package, Store, StoreError, blocking, files, io_err};
+
+/// Writes one chunk in place; dropping it unfinished releases the claim
+/// and leaves the chunk missing.
+#[derive(Debug)]
+pub struct ChunkWriter {
+    claim: Claim,
+    path: PathBuf,
+    file: Arc<File>,
+    offset: u64,
+    len: u32,
+    written: u32,
+    hasher: Option<Box<blake3::Hasher>>,
+    expected: blake3::Hash,
+}
+
+/// How a finished [`ChunkWriter`] turned out.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ChunkOutcome {
+    /// The chunk matched its hash and is now held.
+    Stored,
+    /// The bytes did not match the chunk's hash; nothing is held.
+    Mismatch,
+}
+
+impl ChunkWriter {
+    pub fn chunk(&self) -> u32 {
+        self.claim.chunk
+    }
+
+    /// Bytes still expected.
+    pub fn remaining(&self) -> u32 {
+        self.len - self.written
+    }
+
+    /// Hashes `data` and writes it after what came before.
+    pub async fn write(&mut self, data: Bytes) -> Result<(), StoreError> {
+        if data.len() > self.remaining() as usize {
+            return Err(StoreError::Internal(format!(
+                "{} bytes for chunk {} with {} left",
+                data.len(),
+                self.chunk(),
+                self.remaining()
+            )));
+        }
+        let mut hasher = self
+            .hasher
+            .take()
+            .ok_or_else(|| StoreError::Internal("chunk writer used after an error".into()))?;
+        let (file, path) = (self.file.clone(), self.path.clone());
+        let at = self.offset + u64::from(self.written);
+        let n = data.len() as u32;
+        let hasher = blocking(move || {
+            hasher.update(&data);
+            files::write_at(&file, &data, at).map_err(io_err(&path))?;
+            Ok(hasher)
+        })
+        .await?;
+        self.hasher = Some(hasher);
+        self.written += n;
+        Ok(())
+    }
+}
+
+/// The exclusive right to write one chunk; released on drop.
+#[derive(Debug)]
+struct Claim {
+    pkg: Arc<Package>,
+    chunk: u32,
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        self.pkg.release_claim(self.chunk);
+    }
+}
+
+/// Reads one held chunk piece by piece, verifying as it goes.
+#[derive(Debug)]
+pub struct ChunkReader {
+    pkg: Arc<Package>,
+    chunk: u32,
+    path: PathBuf,
+    file: Option<Arc<File>>,
+    offset: u64,
+    len: u32,
+    read: u32,
+    piece: u32,
+    hasher: Option<Box<blake3::Hasher>>,
+    expected: blake3::Hash,
+}
+
+impl ChunkReader {
+    /// The next piece and its offset in the chunk, or `None` at the end.
+    /// The last piece comes only after the whole chunk matched its hash.
+    pub async fn next_piece(&mut self, store: &Store) -> Result<Option<(u32, Bytes)>, StoreError> {
+        if self.read >= self.len {
+            return Ok(None);
+        }
+        let at = self.read;
+        let n = self.piece.min(self.len - at);
+        let path = self.path.clone();
+        let file = match &self.file {
+            Some(f) => f.clone(),
+            None => {
+                let p = path.clone();
+                let f = Arc::new(blocking(move || File::open(&p).map_err(io_err(&p))).await?);
+                self.file = Some(f.clone());
+                f
+            }
+        };
+        let mut hasher = self
+            .hasher
+            .take()
+            .ok_or_else(|| StoreError::Internal("chunk reader used after an error".into()))?;
+        let offset = self.offset + u64::from(at);
+        let last = at + n == self.len;
+        let expected = self.expected;
+        let (data, hasher, ok) = blocking(move || {
+            let mut buf = vec![0u8; n as usize];
+            files::read_at(&file, &mut buf, offset).map_err(io_err(&path))?;
+            hasher.update(&buf);
+            let ok = !last || hasher.finalize() == expected;
+            Ok((buf, hasher, ok))
+        })
+        .await?;
+        if !ok {
+            return Err(store.drop_corrupt(&self.pkg, self.chunk));
+        }
+        self.hasher = Some(hasher);
+        self.read += n;
+        Ok(Some((at, Bytes::from(data))))
+    }
+}
+
+impl Store {
+    /// Claims `chunk` for writing in place. `None` when it is held already
+    /// or another request is writing it.
+    pub async fn begin_chunk(
+        &self,
+        pkg: &Arc<Package>,
+        chunk: u32,
+    ) -> Result<Option<ChunkWriter>, StoreError> {
+        let (path, offset, len, expected) = pkg.chunk_location(chunk)?;
+        if pkg.has_chunk(chunk) || !pkg.claim(chunk) {
+            return Ok(None);
+        }
+        // Released on drop, so also if opening the file fails.
+        let claim = Claim {
+            pkg: pkg.clone(),
+            chunk,
+        };
+        let p = path.clone();
+        let file = blocking(move || files::open_for_write(&p).map_err(io_err(&p))).await?;
+        Ok(Some(ChunkWriter {
+            claim,
+            path,
+            file: Arc::new(file),
+            offset,
+            len,
+            written: 0,
+            hasher: Some(Box::default()),
+            expected,
+        }))
+    }
+
+    /// Verifies a fully written chunk and, if it matches, records it held.
+    pub async fn finish_chunk(&self, mut w: ChunkWriter) -> Result<ChunkOutcome, StoreError> {
+        if w.written != w.len {
+            return Err(StoreError::Internal(format!(
+                "chunk {} finished with {} of {} bytes",
+                w.chunk(),
+                w.written,
+                w.len
+            )));
+        }
+        let hasher = w
+            .hasher
+            .take()
+            .ok_or_else(|| StoreError::Internal("chunk writer used after an error".into()))?;
+        if hasher.finalize() != w.expected {
+            return Ok(ChunkOutcome::Mismatch);
+        }
+        self.record_chunk(&w.claim.pkg, w.claim.chunk)?;
+        Ok(ChunkOutcome::Stored)
+    }
+
+    /// Opens a held chunk for serving in pieces of at most `piece` bytes.
+    pub fn chunk_reader(
+        &self,
+        pkg: &Arc<Package>,
+        chunk: u32,
+        piece: u32,
+    ) -> Result<ChunkReader, StoreError> {
+        let (path, offset, len, expected) = pkg.chunk_location(chunk)?;
+        if !pkg.has_chunk(chunk) {
+            return Err(StoreError::NotHeld { chunk });
+        }
+        Ok(ChunkReader {
+            pkg: pkg.clone(),
+            chunk,
+            path,
+            file: None,
+            offset,
+            len,
+            read: 0,
+            piece: piece.max(1),
+            hasher: Some(Box::default()),
+            expected,
+        })
+    }
+}

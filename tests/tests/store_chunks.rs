@@ -1,0 +1,186 @@
+//! Streaming chunk I/O in the store: a chunk is written in place under an
+//! exclusive claim and held only once the whole of it matches its hash; a
+//! chunk rotted on disk is never served whole and drops out of the
+//! bitfield.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use shoal_agent::store::{ChunkOutcome, Package, Store, StoreError};
+use shoal_proto::chunking::ChunkingSpec;
+use shoal_proto::signing::TrustedKeys;
+use shoal_tests::swarm::Pki;
+use shoal_tests::{flip_byte, write_random};
+
+const CHUNK: usize = 1 << 20;
+
+/// A store holding an admitted (empty) download of a 4-chunk package, and
+/// the package's content for reference.
+async fn setup(work: &std::path::Path) -> (Arc<Store>, Arc<Package>, Vec<u8>) {
+    let pki = Pki::new();
+    let content = work.join("content");
+    std::fs::create_dir_all(&content).expect("mkdir");
+    write_random(&content.join("data.bin"), 4 * CHUNK as u64, b"store-chunks");
+    let signed = pki.package(
+        &content,
+        "lab/chunks",
+        ChunkingSpec::fixed(CHUNK as u32).expect("valid"),
+    );
+    let mut trusted = TrustedKeys::new();
+    trusted.insert(pki.publisher.public());
+    let verified = signed.verify(&trusted).expect("verify");
+    let store = Store::open(&work.join("data"), 0).await.expect("open");
+    let pkg = store
+        .add_download(&verified, 0, false)
+        .await
+        .expect("admit");
+    let bytes = std::fs::read(content.join("data.bin")).expect("read");
+    (store, pkg, bytes)
+}
+
+fn piece(bytes: &[u8], chunk: usize, from: usize, to: usize) -> Bytes {
+    Bytes::copy_from_slice(&bytes[chunk * CHUNK + from..chunk * CHUNK + to])
+}
+
+#[tokio::test]
+async fn a_chunk_is_claimed_once_and_held_only_when_it_matches() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let (store, pkg, bytes) = setup(work.path()).await;
+
+    let mut w = store
+        .begin_chunk(&pkg, 0)
+        .await
+        .expect("begin")
+        .expect("claim");
+    assert!(
+        store.begin_chunk(&pkg, 0).await.expect("begin").is_none(),
+        "a second writer must not get the chunk while the first writes it"
+    );
+    // Garbage of the right length: written in place, never held.
+    w.write(Bytes::from(vec![0xAB; CHUNK]))
+        .await
+        .expect("write");
+    assert_eq!(
+        store.finish_chunk(w).await.expect("finish"),
+        ChunkOutcome::Mismatch
+    );
+    assert!(!pkg.has_chunk(0));
+
+    // The claim was released: the right bytes, in two pieces, are held.
+    let mut w = store
+        .begin_chunk(&pkg, 0)
+        .await
+        .expect("begin")
+        .expect("claim again");
+    w.write(piece(&bytes, 0, 0, CHUNK / 3))
+        .await
+        .expect("write");
+    w.write(piece(&bytes, 0, CHUNK / 3, CHUNK))
+        .await
+        .expect("write");
+    assert_eq!(
+        store.finish_chunk(w).await.expect("finish"),
+        ChunkOutcome::Stored
+    );
+    assert!(pkg.has_chunk(0));
+    assert!(
+        store.begin_chunk(&pkg, 0).await.expect("begin").is_none(),
+        "held chunks are not rewritten"
+    );
+
+    // More bytes than the chunk has are refused.
+    let mut w = store
+        .begin_chunk(&pkg, 1)
+        .await
+        .expect("begin")
+        .expect("claim");
+    assert!(w.write(Bytes::from(vec![0; CHUNK + 1])).await.is_err());
+}
+
+#[tokio::test]
+async fn a_buffered_copy_waits_for_the_writer_and_takes_over_when_it_fails() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let (store, pkg, bytes) = setup(work.path()).await;
+
+    // The streaming writer fails verification; the buffered copy, which
+    // waited for the claim, is stored.
+    let mut w = store
+        .begin_chunk(&pkg, 2)
+        .await
+        .expect("begin")
+        .expect("claim");
+    let waiter = {
+        let (store, pkg, data) = (store.clone(), pkg.clone(), piece(&bytes, 2, 0, CHUNK));
+        tokio::spawn(async move { store.write_chunk(&pkg, 2, data).await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(
+        !waiter.is_finished(),
+        "the buffered copy must wait for the claim"
+    );
+    w.write(Bytes::from(vec![1; CHUNK])).await.expect("write");
+    assert_eq!(
+        store.finish_chunk(w).await.expect("finish"),
+        ChunkOutcome::Mismatch
+    );
+    let stored = tokio::time::timeout(Duration::from_secs(10), waiter)
+        .await
+        .expect("the waiter finishes")
+        .expect("join")
+        .expect("write");
+    assert!(stored, "the buffered copy is stored once the claim is free");
+    assert!(pkg.has_chunk(2));
+
+    // Once held, a late duplicate is a no-op.
+    assert!(
+        !store
+            .write_chunk(&pkg, 2, piece(&bytes, 2, 0, CHUNK))
+            .await
+            .expect("write")
+    );
+}
+
+#[tokio::test]
+async fn a_chunk_rotted_on_disk_is_not_served_whole_and_is_dropped() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let (store, pkg, bytes) = setup(work.path()).await;
+    for c in 0..2 {
+        assert!(
+            store
+                .write_chunk(&pkg, c, piece(&bytes, c as usize, 0, CHUNK))
+                .await
+                .expect("write")
+        );
+    }
+
+    // A sound chunk reads back in pieces, identical.
+    let mut r = store.chunk_reader(&pkg, 0, 300 << 10).expect("reader");
+    let mut out = Vec::new();
+    while let Some((offset, data)) = r.next_piece(&store).await.expect("piece") {
+        assert_eq!(offset as usize, out.len());
+        out.extend_from_slice(&data);
+    }
+    assert_eq!(out, &bytes[..CHUNK]);
+
+    // Flip a byte in chunk 1's file region: every piece but the last may
+    // go out; the last is an error and the chunk leaves the bitfield.
+    let file = pkg.root().join("data.bin");
+    flip_byte(&file, (CHUNK + 10) as u64);
+    let mut r = store.chunk_reader(&pkg, 1, 300 << 10).expect("reader");
+    let mut served = 0usize;
+    let err = loop {
+        match r.next_piece(&store).await {
+            Ok(Some((_, d))) => served += d.len(),
+            Ok(None) => panic!("a corrupt chunk was served whole"),
+            Err(e) => break e,
+        }
+    };
+    assert!(matches!(err, StoreError::Corrupt { chunk: 1 }), "{err}");
+    assert!(served < CHUNK);
+    assert!(!pkg.has_chunk(1));
+    assert!(matches!(
+        store.chunk_reader(&pkg, 1, 1 << 20),
+        Err(StoreError::NotHeld { chunk: 1 })
+    ));
+}
