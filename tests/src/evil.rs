@@ -100,15 +100,23 @@ impl Drop for EvilPeer {
 }
 
 impl EvilPeer {
-    /// Serves `signed` with corrupt chunks, over mTLS with `tls`.
+    /// Serves `signed` with corrupt chunks, over mTLS with `tls`, on a
+    /// loopback port.
     pub async fn start(tls: &TlsPaths, signed: SignedManifest) -> Self {
+        let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
+        Self::start_on(tls, signed, loopback).await
+    }
+
+    /// Like [`EvilPeer::start`], listening on `bind` (port 0: any). Its
+    /// tasks run on the calling runtime.
+    pub async fn start_on(tls: &TlsPaths, signed: SignedManifest, bind: SocketAddr) -> Self {
         let id = TlsIdentity::load(tls).expect("evil identity");
         let cfg = id
             .server_config(Arc::new(DenyList::default()))
             .expect("tls");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        let listener = tokio::net::TcpListener::bind(bind)
             .await
-            .expect("bind");
+            .unwrap_or_else(|e| panic!("bind {bind}: {e}"));
         let addr = listener.local_addr().expect("addr");
         let cancel = CancellationToken::new();
         let tracker = TaskTracker::new();

@@ -146,3 +146,105 @@ impl Drop for Testbed {
         }
     }
 }
+
+/// A thread inside one host's network namespace, running a current-thread
+/// Tokio runtime: every socket its tasks open (listeners, dials, and the
+/// connections tonic makes later) belongs to that host. For in-process
+/// peers and raw clients on the testbed. Stops the runtime and joins the
+/// thread when dropped.
+#[cfg(target_os = "linux")]
+#[derive(Debug)]
+pub struct NsRuntime {
+    ns: String,
+    handle: tokio::runtime::Handle,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+#[cfg(target_os = "linux")]
+impl NsRuntime {
+    /// A runtime on `host`.
+    pub fn new(host: &Host) -> Result<Self, String> {
+        let ns = host.ns.clone();
+        let path = format!("/var/run/netns/{ns}");
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name(format!("netns {ns}"))
+            .spawn(move || {
+                // setns(2) moves only this thread; threads it starts later
+                // (Tokio's blocking pool) inherit the namespace.
+                let enter = || -> Result<tokio::runtime::Runtime, String> {
+                    use std::os::fd::AsFd;
+                    let file = std::fs::File::open(&path).map_err(|e| format!("{path}: {e}"))?;
+                    rustix::thread::move_into_link_name_space(
+                        file.as_fd(),
+                        Some(rustix::thread::LinkNameSpaceType::Network),
+                    )
+                    .map_err(|e| format!("setns {path}: {e}"))?;
+                    tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .map_err(|e| format!("runtime: {e}"))
+                };
+                match enter() {
+                    Ok(rt) => {
+                        let _ = ready_tx.send(Ok(rt.handle().clone()));
+                        rt.block_on(async {
+                            let _ = stopped.await;
+                        });
+                        // Cancels whatever is still spawned on it.
+                        rt.shutdown_timeout(std::time::Duration::from_secs(5));
+                    }
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                    }
+                }
+            })
+            .map_err(|e| format!("spawning a thread: {e}"))?;
+        let handle = ready_rx
+            .recv()
+            .map_err(|_| format!("the thread for {ns} died"))??;
+        Ok(Self {
+            ns,
+            handle,
+            stop: Some(stop),
+            thread: Some(thread),
+        })
+    }
+
+    /// Runs `fut` on the namespace's thread and waits (from a thread that
+    /// is not in a runtime) for its output; panics after `timeout`.
+    pub fn run<F>(&self, timeout: std::time::Duration, fut: F) -> F::Output
+    where
+        F: std::future::Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let task = self.handle.spawn(async move {
+            let _ = tx.send(fut.await);
+        });
+        match rx.recv_timeout(timeout) {
+            Ok(out) => out,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                task.abort();
+                panic!("a task in {} took more than {timeout:?}", self.ns)
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                panic!("a task in {} panicked", self.ns)
+            }
+        }
+    }
+}
+
+#[cfg(target_os = "linux")]
+impl Drop for NsRuntime {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}

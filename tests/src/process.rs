@@ -5,6 +5,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use shoal_agent::config::TlsPaths;
+
 use crate::netns::Testbed;
 use crate::swarm::Pki;
 use crate::{Run, bin};
@@ -84,6 +86,9 @@ pub struct AgentOptions {
     pub static_peers: Vec<String>,
     /// YAML appended to the config.
     pub extra: String,
+    /// Certificate files to use instead of a fresh certificate from the
+    /// test CA (another CA's, say).
+    pub tls: Option<TlsPaths>,
 }
 
 /// One `shoal-agent` process.
@@ -118,7 +123,10 @@ impl AgentProcess {
     /// Starts an agent as `opts` say.
     pub fn start_with(pki: &Pki, id: &str, dir: &Path, opts: AgentOptions) -> Self {
         std::fs::create_dir_all(dir).expect("mkdir");
-        let tls = pki.agent_tls(id, &["lab"]);
+        let tls = opts
+            .tls
+            .clone()
+            .unwrap_or_else(|| pki.agent_tls(id, &["lab"]));
         let listen = opts
             .listen
             .clone()
@@ -240,6 +248,60 @@ impl AgentProcess {
             "{}: publish failed: {}{}",
             self.id, run.stdout, run.stderr
         );
+    }
+
+    /// `bytes_done` of `package` (`name@version`) in `shoal list --json`;
+    /// 0 when the agent does not answer or does not hold it.
+    pub fn bytes_done(&self, package: &str) -> u64 {
+        self.package_field(package, "bytes_done")
+            .and_then(|v| v.as_u64())
+            .unwrap_or(0)
+    }
+
+    /// `state` of `package` (`name@version`) in `shoal list --json`
+    /// (`downloading`, `complete`, …), if the agent holds it.
+    pub fn package_state(&self, package: &str) -> Option<String> {
+        self.package_field(package, "state")
+            .and_then(|v| v.as_str().map(str::to_owned))
+    }
+
+    fn package_field(&self, package: &str, field: &str) -> Option<serde_json::Value> {
+        let run = self.shoal(&["list", "--json"]);
+        if run.code != 0 {
+            return None;
+        }
+        let list = serde_json::from_str::<serde_json::Value>(&run.stdout).ok()?;
+        list.as_array()?
+            .iter()
+            .find(|p| {
+                format!(
+                    "{}@{}",
+                    p["name"].as_str().unwrap_or(""),
+                    p["version"].as_str().unwrap_or("")
+                ) == package
+            })
+            .map(|p| p[field].clone())
+    }
+
+    /// A number from `shoal status --json` (`bytes_received`, …); panics if
+    /// the agent does not answer.
+    pub fn status_u64(&self, field: &str) -> u64 {
+        self.shoal(&["status", "--json"]).json()[field]
+            .as_u64()
+            .unwrap_or_else(|| panic!("{}: no {field} in status", self.id))
+    }
+
+    /// Whether `shoal peers --json` lists `agent_id` as banned.
+    pub fn has_banned(&self, agent_id: &str) -> bool {
+        let run = self.shoal(&["peers", "--json"]);
+        run.code == 0
+            && serde_json::from_str::<serde_json::Value>(&run.stdout)
+                .ok()
+                .and_then(|v| v.as_array().cloned())
+                .is_some_and(|l| {
+                    l.iter()
+                        .any(|p| p["agent_id"] == agent_id && p["banned"] == true)
+                })
     }
 
     /// Process id of the running agent.

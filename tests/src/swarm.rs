@@ -164,3 +164,52 @@ pub fn tree_hashes(root: &Path) -> Vec<(PathBuf, blake3::Hash)> {
     out.sort_by(|a, b| a.0.cmp(&b.0));
     out
 }
+
+/// A raw swarm client with the identity in `tls`, dialling `addr`. Builds
+/// the TLS identity by hand (not [`TlsIdentity::load`], which refuses
+/// them) so expired certificates can be presented. Its connection lives
+/// on the calling runtime.
+///
+/// [`TlsIdentity::load`]: shoal_agent::transport::tls::TlsIdentity::load
+pub async fn raw_client(
+    tls: &TlsPaths,
+    addr: &str,
+) -> Result<shoal_proto::pb::swarm_client::SwarmClient<tonic::transport::Channel>, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    use shoal_agent::transport::tls::{DenyList, TlsIdentity};
+    use std::sync::Arc;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(&tls.ca).expect("ca") {
+        roots.add(c.expect("ca cert")).expect("add");
+    }
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&tls.cert)
+        .expect("cert")
+        .collect::<Result<_, _>>()
+        .expect("cert");
+    let identity = shoal_proto::identity::parse_identity(&chain[0]).expect("identity");
+    let id = TlsIdentity {
+        roots: Arc::new(roots),
+        chain,
+        key: PrivateKeyDer::from_pem_file(&tls.key).expect("key"),
+        identity,
+    };
+    let cfg = id
+        .client_config(Arc::new(DenyList::default()))
+        .expect("client config");
+    let (channel, _) = shoal_agent::transport::client::Connector::new(cfg)
+        .connect(addr, None)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(shoal_proto::pb::swarm_client::SwarmClient::new(channel))
+}
+
+/// A `GetManifest` request for `name@version`.
+pub fn manifest_request(name_version: &str) -> shoal_proto::pb::GetManifestRequest {
+    use shoal_proto::pb;
+    pb::GetManifestRequest {
+        package: Some(pb::PackageRef {
+            r#ref: Some(pb::package_ref::Ref::NameVersion(name_version.into())),
+        }),
+    }
+}

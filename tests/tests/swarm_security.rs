@@ -3,21 +3,18 @@
 //! chunks. Real mTLS on loopback; each refusal is a clear gRPC status and
 //! nothing is stored.
 
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use shoal_agent::agent::Agent;
 use shoal_agent::config::TlsPaths;
 use shoal_agent::store::PackageState;
-use shoal_agent::transport::client::Connector;
-use shoal_agent::transport::tls::{DenyList, TlsError, TlsIdentity};
+use shoal_agent::transport::tls::TlsError;
 use shoal_proto::chunking::ChunkingSpec;
-use shoal_proto::pb::swarm_client::SwarmClient;
 use shoal_proto::pki::{CertificateAuthority, IssueRequest};
 use shoal_proto::{PublisherKey, SignedManifest, pb};
 use shoal_tests::evil::EvilPeer;
-use shoal_tests::swarm::{Pki, connect_all, eventually, tree_hashes};
+use shoal_tests::swarm::{Pki, connect_all, eventually, manifest_request, raw_client, tree_hashes};
 use shoal_tests::write_random;
 use tonic::Code;
 
@@ -36,48 +33,6 @@ async fn seed_with_package(pki: &Pki, work: &std::path::Path) -> (Agent, SignedM
         .expect("seed");
     seed.publish(&signed, &content).await.expect("publish");
     (seed, signed)
-}
-
-/// A raw swarm client with the given identity, for speaking to the seed
-/// directly. Builds the TLS identity by hand so expired certificates can
-/// be presented.
-async fn raw_client(
-    tls: &TlsPaths,
-    addr: &str,
-) -> Result<SwarmClient<tonic::transport::Channel>, String> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let mut roots = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_file_iter(&tls.ca).expect("ca") {
-        roots.add(c.expect("ca cert")).expect("add");
-    }
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&tls.cert)
-        .expect("cert")
-        .collect::<Result<_, _>>()
-        .expect("cert");
-    let identity = shoal_proto::identity::parse_identity(&chain[0]).expect("identity");
-    let id = TlsIdentity {
-        roots: Arc::new(roots),
-        chain,
-        key: PrivateKeyDer::from_pem_file(&tls.key).expect("key"),
-        identity,
-    };
-    let cfg = id
-        .client_config(Arc::new(DenyList::default()))
-        .expect("client config");
-    let (channel, _) = Connector::new(cfg)
-        .connect(addr, None)
-        .await
-        .map_err(|e| e.to_string())?;
-    Ok(SwarmClient::new(channel))
-}
-
-fn manifest_request(name_version: &str) -> pb::GetManifestRequest {
-    pb::GetManifestRequest {
-        package: Some(pb::PackageRef {
-            r#ref: Some(pb::package_ref::Ref::NameVersion(name_version.into())),
-        }),
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
