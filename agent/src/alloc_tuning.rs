@@ -1,18 +1,20 @@
 //! Allocator tuning for the agent process: the one place the workspace
 //! allows `unsafe`.
 //!
-//! Chunk traffic allocates and frees many buffers of a few hundred KiB
-//! from several threads. glibc serves those from `mmap` at first, but
-//! after the first free it raises its mmap threshold to that size and
-//! serves the rest from its heaps, where freed memory stays resident: a
-//! busy agent's RSS then runs at twice its live data. Pinning the
-//! threshold keeps such buffers mmap-backed and returned when freed
-//! (measured: peak RSS in a 10-agent swarm, 4 MiB chunks, 68 → 59 MiB).
-//! A general-purpose replacement (mimalloc) measured worse, 160 MiB.
+//! glibc raises its mmap threshold to the size of any mapped buffer that
+//! is freed, up to 32 MiB; after that, large buffers (end-game chunk
+//! copies, HTTP/2 batches) come from its heaps, where freed memory stays
+//! resident and the agent's RSS runs well above its live data. Pinning
+//! the threshold keeps those mapped and returned when freed. Measured in a
+//! 10-agent swarm with 4 MiB chunks: peak RSS 68 → 59 MiB. At 1 MiB the
+//! 512 KiB frame buffers still come from the heap and are reused: a
+//! 256 KiB threshold mapped and faulted in every frame and cost about a
+//! fifth of loopback throughput. A general-purpose replacement (mimalloc)
+//! measured worse: 160 MiB.
 
 /// Buffers at least this large are mapped and unmapped individually.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
-const MMAP_THRESHOLD: libc::c_int = 256 << 10;
+const MMAP_THRESHOLD: libc::c_int = 1 << 20;
 
 /// Applies the tuning; call once at the start of `main`.
 #[allow(unsafe_code)]

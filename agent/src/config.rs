@@ -109,7 +109,7 @@ impl Default for FileLimits {
         Self {
             upload_rate: "unlimited".into(),
             download_rate: "unlimited".into(),
-            upload_slots: 8,
+            upload_slots: 4,
             max_concurrent_downloads: 2,
             cache_quota: "0".into(),
         }
@@ -235,7 +235,7 @@ impl AgentConfig {
             limits: Limits {
                 upload_rate: 0,
                 download_rate: 0,
-                upload_slots: 8,
+                upload_slots: 4,
                 max_concurrent_downloads: 2,
                 cache_quota: 0,
             },
@@ -387,7 +387,7 @@ mod tests {
         assert_eq!(c.tls.ca, Path::new("/etc/shoal/ca.pem"));
         assert_eq!(c.socket, Path::new("/var/lib/shoal/agent.sock"));
         assert!(c.mdns);
-        assert_eq!(c.limits.upload_slots, 8);
+        assert_eq!(c.limits.upload_slots, 4);
     }
 
     #[test]

@@ -41,9 +41,12 @@ const BUSY_BACKOFF: Duration = Duration::from_millis(300);
 /// Chunks the origin declined (it sent them to other peers already) are
 /// not asked of it again for this long: by then a peer has them.
 const DECLINED_BACKOFF: Duration = Duration::from_secs(3);
-/// Bytes of chunk requests in flight per download, across all peers. Each
-/// is a buffer until verified, so this bounds the agent's memory.
-const MAX_INFLIGHT_BYTES: u64 = 24 << 20;
+/// Bytes of chunk requests in flight per download, across all peers.
+/// Chunks stream to disk, so this costs no memory; it must cover several
+/// peers' worth of slow streams (a peer splits its upload among its
+/// slots), or the download idles: at 24 MiB a 10-agent swarm with 4 MiB
+/// chunks ran at 72 % of its links, at 64 MiB at 90 %.
+const MAX_INFLIGHT_BYTES: u64 = 64 << 20;
 /// First retry delay for a peer that could not help; doubles to the max.
 const RETRY_MIN: Duration = Duration::from_secs(2);
 const RETRY_MAX: Duration = Duration::from_secs(30);
