@@ -29,15 +29,21 @@ const MAX_HAVE_BATCH: usize = 4096;
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
-/// For packages this agent published: when each chunk last went out in
-/// full. The origin declines a chunk it sent moments ago while others have
-/// never gone out (super-seeding), so its upload goes to chunks the swarm
-/// lacks and peers spread the rest. Time-bounded, so a peer that cannot
-/// reach the one that got the chunk waits at most [`SUPERSEED_WINDOW`].
+/// For packages this agent published: for each chunk that went out in
+/// full, until when the origin holds it back. The origin declines a chunk
+/// it sent recently while others have never gone out (super-seeding), so
+/// its upload goes to chunks the swarm lacks and peers spread the rest.
+/// Time-bounded, so a peer that cannot reach the one that got the chunk
+/// waits a bounded time.
 type Seeded = std::collections::HashMap<ContentId, Vec<Option<std::time::Instant>>>;
 
-/// How long the origin prefers unsent chunks over one it just sent.
+/// Shortest time the origin prefers unsent chunks over one it just sent.
 pub const SUPERSEED_WINDOW: std::time::Duration = std::time::Duration::from_secs(5);
+/// The hold-back also lasts this many times as long as sending the chunk
+/// took: on slow links a chunk needs that long to spread a few hops, and a
+/// fixed window let the origin send many chunks twice (1.57 copies with
+/// 30 agents on 30 Mbit/s links).
+const SUPERSEED_SEND_TIMES: u32 = 4;
 
 /// Serves this agent's packages to its peers.
 #[derive(Debug, Clone)]
@@ -67,11 +73,12 @@ impl SwarmService {
         if sent.iter().all(Option::is_some) {
             return true;
         }
+        let now = std::time::Instant::now();
         !chunks.iter().any(|&c| {
             sent.get(c as usize)
                 .copied()
                 .flatten()
-                .is_some_and(|t| t.elapsed() < SUPERSEED_WINDOW)
+                .is_some_and(|until| until > now)
         })
     }
 
@@ -82,7 +89,12 @@ impl SwarmService {
     }
 
     /// Records that a chunk went out in full.
-    fn mark_sent(seeded: &std::sync::Mutex<Seeded>, pkg: &Package, chunk: u32) {
+    fn mark_sent(
+        seeded: &std::sync::Mutex<Seeded>,
+        pkg: &Package,
+        chunk: u32,
+        took: std::time::Duration,
+    ) {
         if pkg.record().external_root.is_none() {
             return;
         }
@@ -90,7 +102,8 @@ impl SwarmService {
         let mut seeded = seeded.lock().unwrap_or_else(|p| p.into_inner());
         let sent = seeded.entry(pkg.id).or_insert_with(|| vec![None; n]);
         if let Some(slot) = sent.get_mut(chunk as usize) {
-            *slot = Some(std::time::Instant::now());
+            let hold = SUPERSEED_WINDOW.max(took * SUPERSEED_SEND_TIMES);
+            *slot = Some(std::time::Instant::now() + hold);
         }
     }
 
@@ -281,6 +294,7 @@ impl pb::swarm_server::Swarm for SwarmService {
         self.ctx.tasks.spawn(async move {
             let _permit = permit;
             for c in r.chunks {
+                let started = std::time::Instant::now();
                 let mut reader = match ctx.store.chunk_reader(&pkg, c, FRAME_BYTES as u32) {
                     Ok(r) => r,
                     Err(e) => {
@@ -318,7 +332,7 @@ impl pb::swarm_server::Swarm for SwarmService {
                     }
                     ctx.counters.sent.fetch_add(len, std::sync::atomic::Ordering::Relaxed);
                 }
-                Self::mark_sent(&seeded, &pkg, c);
+                Self::mark_sent(&seeded, &pkg, c, started.elapsed());
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
