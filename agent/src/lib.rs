@@ -11,6 +11,7 @@ pub mod alloc_tuning;
 pub mod cli;
 pub mod config;
 pub mod discovery;
+pub mod enroll;
 pub mod events;
 pub mod limits;
 pub mod local_api;

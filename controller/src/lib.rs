@@ -4,3 +4,33 @@
 //! Optional by design: agents keep distributing under the last policy they
 //! received when it is down. The service is built on the wire contract in
 //! `shoal-proto` (`AgentControl` and `Admin` services).
+//!
+//! - [`config`]: the YAML configuration, validated at load.
+//! - [`state`]: everything the controller knows, in sled; a change is
+//!   acknowledged only once it is on disk.
+//! - [`ca`]: the fleet CA (created on first start, or imported), the
+//!   controller's own certificate and the first admin identity.
+//! - [`tokens`]: join tokens: groups, expiry, uses.
+//! - [`auth`]: who is calling (from the client certificate) and what each
+//!   role may do; every admin call lands in the audit log.
+//! - [`service`]: the gRPC services, agent-facing and admin-facing.
+//! - [`tls`]: TLS for the server (client certificates optional, because
+//!   enrolling agents have none yet) and for admin clients.
+//! - [`server`]: start-up, the accept loop and graceful shutdown.
+
+pub mod auth;
+pub mod ca;
+pub mod config;
+pub mod server;
+pub mod service;
+pub mod state;
+pub mod tls;
+pub mod tokens;
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

@@ -12,6 +12,9 @@ use sha2::Digest;
 pub const AGENT_URI: &str = "urn:shoal:agent:";
 pub const GROUP_URI: &str = "urn:shoal:group:";
 pub const ROLE_URI: &str = "urn:shoal:role:";
+/// The role that marks the controller's server certificate; clients of
+/// the controller accept no other.
+pub const CONTROLLER_ROLE: &str = "controller";
 
 /// What a certificate says about its holder.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 
+pub mod controller;
 pub mod evil;
 pub mod netns;
 pub mod process;

@@ -17,7 +17,7 @@ use shoal_proto::identity::{Identity, parse_identity};
 use crate::config::TlsPaths;
 
 /// ALPN for gRPC over HTTP/2.
-const ALPN_H2: &[u8] = b"h2";
+pub(crate) const ALPN_H2: &[u8] = b"h2";
 /// Server name used when dialling a peer whose agent id is not known yet.
 pub const ANY_PEER: &str = "shoal";
 
@@ -158,7 +158,7 @@ impl TlsIdentity {
     }
 }
 
-fn provider() -> Arc<CryptoProvider> {
+pub(crate) fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 

@@ -1,0 +1,395 @@
+//! `shoal-controller`: the fleet controller and its admin commands.
+//!
+//! `serve` runs the controller. The other commands are admin calls to a
+//! running controller over mTLS, with the identity the controller wrote
+//! on first start (`<data_dir>/admin/`) unless `--identity` names another.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use shoal_controller::config::ControllerConfig;
+use shoal_controller::server::Controller;
+use shoal_proto::pb;
+use shoal_proto::pb::admin_client::AdminClient;
+use shoal_proto::units::parse_duration;
+
+/// EX_USAGE
+const EXIT_USAGE: u8 = 64;
+/// EX_UNAVAILABLE: the controller could not start or be reached.
+const EXIT_UNAVAILABLE: u8 = 69;
+/// EX_NOPERM: the call was refused.
+const EXIT_NOPERM: u8 = 77;
+/// EX_CONFIG
+const EXIT_CONFIG: u8 = 78;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "shoal-controller",
+    version,
+    about = "Shoal controller: enrollment CA, policies, rollouts"
+)]
+struct Args {
+    /// Configuration file (YAML).
+    #[arg(
+        long,
+        short,
+        global = true,
+        default_value = "/etc/shoal/controller.yaml",
+        env = "SHOAL_CONTROLLER_CONFIG"
+    )]
+    config: PathBuf,
+    /// Controller address for admin commands [default: 127.0.0.1 and the
+    /// configured listen port].
+    #[arg(long, global = true)]
+    controller: Option<String>,
+    /// Directory with the admin identity (ca.pem, <name>.pem, <name>.key)
+    /// [default: <data_dir>/admin].
+    #[arg(long, global = true)]
+    identity: Option<PathBuf>,
+    /// Name of the identity's files in --identity.
+    #[arg(long, global = true, default_value = "admin")]
+    name: String,
+    /// Machine-readable output.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Run the controller.
+    Serve,
+    /// Validate the configuration and exit.
+    CheckConfig,
+    /// The fleet CA's fingerprint, for `shoal-agent enroll --ca-fingerprint`.
+    CaFingerprint,
+    /// Join tokens.
+    #[command(subcommand)]
+    Token(TokenCmd),
+    /// Enrolled agents.
+    #[command(subcommand)]
+    Agents(AgentsCmd),
+    /// Query the audit log.
+    Audit {
+        /// Only entries of this actor.
+        #[arg(long)]
+        actor: Option<String>,
+        /// Only entries younger than this (e.g. 1h, 7d).
+        #[arg(long)]
+        since: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCmd {
+    /// Make a join token.
+    Create {
+        /// Group the enrolled agents join (repeatable).
+        #[arg(long = "group", required = true)]
+        groups: Vec<String>,
+        /// How long the token is valid.
+        #[arg(long, default_value = "24h")]
+        ttl: String,
+        /// How many agents may enroll with it.
+        #[arg(long, default_value_t = 1)]
+        uses: u32,
+        /// Label given to the enrolled agents, key=value (repeatable).
+        #[arg(long = "label")]
+        labels: Vec<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AgentsCmd {
+    /// List enrolled agents.
+    List {
+        #[arg(long)]
+        group: Option<String>,
+    },
+    /// Revoke an agent: the controller and every agent refuse it.
+    Revoke {
+        agent_id: String,
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+}
+
+fn init_logging(level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+fn main() -> ExitCode {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let args = Args::parse();
+    let config = match ControllerConfig::load(&args.config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("shoal-controller: configuration error: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("shoal-controller: cannot start the runtime: {e}");
+            return ExitCode::from(EXIT_UNAVAILABLE);
+        }
+    };
+    match args.command {
+        Cmd::CheckConfig => {
+            println!("{}: ok", args.config.display());
+            ExitCode::SUCCESS
+        }
+        Cmd::Serve => {
+            init_logging(&config.log_level);
+            runtime.block_on(serve(config))
+        }
+        Cmd::CaFingerprint => match std::fs::read_to_string(config.data_dir.join("ca/ca.pem")) {
+            Ok(pem) => match fingerprint_of(&pem) {
+                Some(f) => {
+                    println!("{f}");
+                    ExitCode::SUCCESS
+                }
+                None => {
+                    eprintln!(
+                        "shoal-controller: {}/ca/ca.pem is not a certificate",
+                        config.data_dir.display()
+                    );
+                    ExitCode::from(EXIT_CONFIG)
+                }
+            },
+            Err(e) => {
+                eprintln!(
+                    "shoal-controller: {}/ca/ca.pem: {e} (start the controller once to create the CA)",
+                    config.data_dir.display()
+                );
+                ExitCode::from(EXIT_UNAVAILABLE)
+            }
+        },
+        cmd => runtime.block_on(async {
+            match admin(
+                &args.controller,
+                &args.identity,
+                &args.name,
+                args.json,
+                &config,
+                cmd,
+            )
+            .await
+            {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    let code = match e.downcast_ref::<tonic::Status>().map(tonic::Status::code) {
+                        Some(tonic::Code::PermissionDenied | tonic::Code::Unauthenticated) => {
+                            EXIT_NOPERM
+                        }
+                        Some(tonic::Code::InvalidArgument | tonic::Code::NotFound) => EXIT_USAGE,
+                        _ => EXIT_UNAVAILABLE,
+                    };
+                    match e.downcast_ref::<tonic::Status>() {
+                        Some(s) => eprintln!("shoal-controller: {}", s.message()),
+                        None => eprintln!("shoal-controller: {e:#}"),
+                    }
+                    ExitCode::from(code)
+                }
+            }
+        }),
+    }
+}
+
+fn fingerprint_of(pem: &str) -> Option<String> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let der = CertificateDer::from_pem_slice(pem.as_bytes()).ok()?;
+    Some(shoal_proto::identity::fingerprint(&der))
+}
+
+async fn serve(config: ControllerConfig) -> ExitCode {
+    let controller = match Controller::start(config).await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!("cannot start: {e}");
+            eprintln!("shoal-controller: cannot start: {e}");
+            return ExitCode::from(EXIT_UNAVAILABLE);
+        }
+    };
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    controller.shutdown().await;
+    ExitCode::SUCCESS
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+async fn admin(
+    controller: &Option<String>,
+    identity: &Option<PathBuf>,
+    name: &str,
+    json: bool,
+    config: &ControllerConfig,
+    cmd: Cmd,
+) -> anyhow::Result<()> {
+    let dir = identity
+        .clone()
+        .unwrap_or_else(|| config.data_dir.join("admin"));
+    let tls = shoal_controller::tls::admin_client_config(&dir, name)?;
+    let addr = controller
+        .clone()
+        .unwrap_or_else(|| format!("127.0.0.1:{}", config.listen.port()));
+    let (channel, _) = shoal_agent::transport::client::Connector::new(tls)
+        .connect(&addr, Some("controller"))
+        .await
+        .with_context(|| format!("cannot reach the controller at {addr}"))?;
+    let mut client = AdminClient::new(channel);
+    match cmd {
+        Cmd::Token(TokenCmd::Create {
+            groups,
+            ttl,
+            uses,
+            labels,
+        }) => {
+            let ttl = parse_duration(&ttl).context("--ttl")?;
+            let labels = labels
+                .iter()
+                .map(|l| {
+                    l.split_once('=')
+                        .map(|(k, v)| pb::Label {
+                            key: k.into(),
+                            value: v.into(),
+                        })
+                        .ok_or_else(|| anyhow::anyhow!("--label {l:?}: use key=value"))
+                })
+                .collect::<anyhow::Result<_>>()?;
+            let r = client
+                .create_token(pb::CreateTokenRequest {
+                    groups,
+                    ttl_seconds: ttl.as_secs(),
+                    uses,
+                    labels,
+                })
+                .await?
+                .into_inner();
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"token": r.token, "expires_unix_ms": r.expires_unix_ms})
+                );
+            } else {
+                println!("{}", r.token);
+            }
+        }
+        Cmd::Agents(AgentsCmd::List { group }) => {
+            let r = client
+                .list_agents(pb::ListAgentsRequest {
+                    group: group.unwrap_or_default(),
+                })
+                .await?
+                .into_inner();
+            if json {
+                let v: Vec<_> = r
+                    .agents
+                    .iter()
+                    .map(|a| {
+                        serde_json::json!({
+                            "agent_id": a.agent_id, "groups": a.groups, "hostname": a.hostname,
+                            "revoked": a.revoked, "certificate_serial": a.certificate_serial,
+                            "certificate_expires_unix_ms": a.certificate_expires_unix_ms,
+                        })
+                    })
+                    .collect();
+                println!("{}", serde_json::Value::Array(v));
+            } else {
+                println!("{:<24} {:<24} {:<8} HOSTNAME", "AGENT", "GROUPS", "REVOKED");
+                for a in r.agents {
+                    println!(
+                        "{:<24} {:<24} {:<8} {}",
+                        a.agent_id,
+                        a.groups.join(","),
+                        a.revoked,
+                        a.hostname
+                    );
+                }
+            }
+        }
+        Cmd::Agents(AgentsCmd::Revoke { agent_id, reason }) => {
+            client
+                .revoke_agent(pb::RevokeAgentRequest {
+                    agent_id: agent_id.clone(),
+                    reason,
+                })
+                .await?;
+            if !json {
+                println!("revoked {agent_id}");
+            }
+        }
+        Cmd::Audit {
+            actor,
+            since,
+            limit,
+        } => {
+            let since_unix_ms = match since {
+                Some(s) => {
+                    shoal_controller::now_ms()
+                        - parse_duration(&s).context("--since")?.as_millis() as i64
+                }
+                None => 0,
+            };
+            let r = client
+                .query_audit(pb::QueryAuditRequest {
+                    since_unix_ms,
+                    actor: actor.unwrap_or_default(),
+                    limit,
+                })
+                .await?
+                .into_inner();
+            for e in r.records {
+                if json {
+                    println!(
+                        "{}",
+                        serde_json::json!({"at_unix_ms": e.at_unix_ms, "actor": e.actor, "role": e.role,
+                            "action": e.action, "target": e.target, "allowed": e.allowed, "outcome": e.outcome})
+                    );
+                } else {
+                    println!(
+                        "{} {} ({}) {} {} {}",
+                        e.at_unix_ms, e.actor, e.role, e.action, e.target, e.outcome
+                    );
+                }
+            }
+        }
+        Cmd::Serve | Cmd::CheckConfig | Cmd::CaFingerprint => {}
+    }
+    Ok(())
+}

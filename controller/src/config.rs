@@ -1,0 +1,147 @@
+//! The controller's configuration: YAML, unknown fields refused, every
+//! value checked at load with an error naming the field. Every option is
+//! documented with its default in `docs/controller-config.md`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use shoal_proto::units::parse_duration;
+
+/// Why a configuration cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    #[error("{path}: {cause}")]
+    Read {
+        path: PathBuf,
+        cause: std::io::Error,
+    },
+    #[error("{0}")]
+    Syntax(String),
+    #[error("{field}: {reason}")]
+    Invalid { field: &'static str, reason: String },
+}
+
+fn invalid(field: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        field,
+        reason: reason.into(),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct File {
+    listen: String,
+    data_dir: PathBuf,
+    ca: Option<CaImport>,
+    agent_cert_validity: String,
+    admin_cert_validity: String,
+    log_level: String,
+}
+
+impl Default for File {
+    fn default() -> Self {
+        Self {
+            listen: "0.0.0.0:7800".into(),
+            data_dir: "/var/lib/shoal-controller".into(),
+            ca: None,
+            agent_cert_validity: "30d".into(),
+            admin_cert_validity: "365d".into(),
+            log_level: "info".into(),
+        }
+    }
+}
+
+/// An existing CA to adopt on first start instead of generating one.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaImport {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct ControllerConfig {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub ca: Option<CaImport>,
+    pub agent_cert_validity: Duration,
+    pub admin_cert_validity: Duration,
+    pub log_level: String,
+}
+
+impl ControllerConfig {
+    /// Defaults with the given data directory.
+    pub fn new(data_dir: &Path) -> Self {
+        let mut c = Self::from_file(File::default()).expect("defaults are valid");
+        c.data_dir = data_dir.to_owned();
+        c
+    }
+
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|cause| ConfigError::Read {
+            path: path.to_owned(),
+            cause,
+        })?;
+        Self::from_yaml(&text).map_err(|e| match e {
+            ConfigError::Syntax(s) => ConfigError::Syntax(format!("{}: {s}", path.display())),
+            other => other,
+        })
+    }
+
+    pub fn from_yaml(text: &str) -> Result<Self, ConfigError> {
+        let file: File = if text.trim().is_empty() {
+            File::default()
+        } else {
+            serde_yaml::from_str(text).map_err(|e| ConfigError::Syntax(e.to_string()))?
+        };
+        Self::from_file(file)
+    }
+
+    fn from_file(f: File) -> Result<Self, ConfigError> {
+        let listen = f
+            .listen
+            .parse()
+            .map_err(|_| invalid("listen", format!("{:?} is not an address:port", f.listen)))?;
+        let duration = |field: &'static str, v: &str| {
+            let d = parse_duration(v).map_err(|e| invalid(field, e.to_string()))?;
+            if d < Duration::from_secs(3600) {
+                return Err(invalid(field, "must be at least 1h"));
+            }
+            Ok(d)
+        };
+        if f.data_dir.as_os_str().is_empty() {
+            return Err(invalid("data_dir", "must not be empty"));
+        }
+        Ok(Self {
+            listen,
+            data_dir: f.data_dir,
+            ca: f.ca,
+            agent_cert_validity: duration("agent_cert_validity", &f.agent_cert_validity)?,
+            admin_cert_validity: duration("admin_cert_validity", &f.admin_cert_validity)?,
+            log_level: f.log_level,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_field_named_errors() {
+        let c = ControllerConfig::from_yaml("").expect("defaults");
+        assert_eq!(c.listen.port(), 7800);
+        assert_eq!(c.agent_cert_validity, Duration::from_secs(30 * 86_400));
+        let e = ControllerConfig::from_yaml("agent_cert_validity: soon").expect_err("must be refused");
+        assert!(e.to_string().starts_with("agent_cert_validity:"), "{e}");
+        let e = ControllerConfig::from_yaml("listen: nowhere").expect_err("must be refused");
+        assert!(e.to_string().starts_with("listen:"), "{e}");
+        let e = ControllerConfig::from_yaml("colour: blue").expect_err("must be refused");
+        assert!(e.to_string().contains("unknown field `colour`"), "{e}");
+    }
+}

@@ -1,0 +1,250 @@
+//! `Admin`: what operators call. Every call is authorised by role and
+//! audited (see [`crate::auth`]).
+
+use std::pin::Pin;
+use std::time::Duration;
+
+use shoal_proto::pb;
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status};
+
+use super::{SharedRef, internal};
+use crate::auth::{Action, audited};
+use crate::state::{AgentRecord, Revocation};
+use crate::tokens::{self, TokenError, TokenSpec};
+
+/// Serves operators.
+#[derive(Debug, Clone)]
+pub struct AdminService {
+    shared: SharedRef,
+}
+
+impl AdminService {
+    pub fn new(shared: SharedRef) -> Self {
+        Self { shared }
+    }
+
+    pub fn into_server(self) -> pb::admin_server::AdminServer<Self> {
+        pb::admin_server::AdminServer::new(self)
+    }
+}
+
+fn labels(l: &[(String, String)]) -> Vec<pb::Label> {
+    l.iter()
+        .map(|(k, v)| pb::Label {
+            key: k.clone(),
+            value: v.clone(),
+        })
+        .collect()
+}
+
+fn agent_info(a: AgentRecord) -> pb::AgentInfo {
+    pb::AgentInfo {
+        labels: labels(&a.labels),
+        agent_id: a.agent_id,
+        groups: a.groups,
+        online: false,
+        last_seen_unix_ms: 0,
+        policy_version: 0,
+        certificate_serial: a.serial,
+        certificate_expires_unix_ms: a.cert_expires_ms,
+        revoked: a.revoked.is_some(),
+        hostname: a.hostname,
+    }
+}
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+fn not_yet(what: &str) -> Status {
+    Status::unimplemented(format!(
+        "{what} is not served by this controller version yet"
+    ))
+}
+
+#[tonic::async_trait]
+impl pb::admin_server::Admin for AdminService {
+    async fn create_token(
+        &self,
+        req: Request<pb::CreateTokenRequest>,
+    ) -> Result<Response<pb::CreateTokenResponse>, Status> {
+        let r = req.get_ref().clone();
+        let target = format!("groups={}", r.groups.join(","));
+        let state = &self.shared.state;
+        audited(
+            state,
+            &req,
+            Action::CreateToken,
+            target,
+            |caller| async move {
+                let spec = TokenSpec {
+                    groups: r.groups,
+                    labels: r.labels.into_iter().map(|l| (l.key, l.value)).collect(),
+                    ttl: Duration::from_secs(r.ttl_seconds),
+                    uses: r.uses,
+                };
+                let (token, expires) = tokens::create(state, &spec, caller.name(), crate::now_ms())
+                    .await
+                    .map_err(|e| match e {
+                        TokenError::Invalid(m) => Status::invalid_argument(m),
+                        other => Status::internal(other.to_string()),
+                    })?;
+                Ok(Response::new(pb::CreateTokenResponse {
+                    token,
+                    expires_unix_ms: expires,
+                }))
+            },
+        )
+        .await
+    }
+
+    async fn list_agents(
+        &self,
+        req: Request<pb::ListAgentsRequest>,
+    ) -> Result<Response<pb::ListAgentsResponse>, Status> {
+        let group = req.get_ref().group.clone();
+        let state = &self.shared.state;
+        audited(
+            state,
+            &req,
+            Action::ListAgents,
+            group.clone(),
+            |_| async move {
+                let agents = state
+                    .agents()
+                    .map_err(internal)?
+                    .into_iter()
+                    .filter(|a| group.is_empty() || a.groups.contains(&group))
+                    .map(agent_info)
+                    .collect();
+                Ok(Response::new(pb::ListAgentsResponse { agents }))
+            },
+        )
+        .await
+    }
+
+    async fn revoke_agent(
+        &self,
+        req: Request<pb::RevokeAgentRequest>,
+    ) -> Result<Response<pb::RevokeAgentResponse>, Status> {
+        let r = req.get_ref().clone();
+        let state = &self.shared.state;
+        audited(
+            state,
+            &req,
+            Action::RevokeAgent,
+            r.agent_id.clone(),
+            |caller| async move {
+                let mut rec = state.agent(&r.agent_id).map_err(internal)?.ok_or_else(|| {
+                    Status::not_found(format!("no agent {:?} is enrolled", r.agent_id))
+                })?;
+                if rec.revoked.is_none() {
+                    rec.revoked = Some(Revocation {
+                        at_ms: crate::now_ms(),
+                        by: caller.name().to_owned(),
+                        reason: r.reason,
+                    });
+                    state.put_agent(&rec).await.map_err(internal)?;
+                    tracing::info!(agent = %r.agent_id, by = %caller.name(), "agent revoked");
+                }
+                Ok(Response::new(pb::RevokeAgentResponse {}))
+            },
+        )
+        .await
+    }
+
+    async fn apply_policy(
+        &self,
+        _req: Request<pb::ApplyPolicyRequest>,
+    ) -> Result<Response<pb::ApplyPolicyResponse>, Status> {
+        Err(not_yet("policy"))
+    }
+
+    async fn get_policy(
+        &self,
+        _req: Request<pb::GetPolicyRequest>,
+    ) -> Result<Response<pb::GetPolicyResponse>, Status> {
+        Err(not_yet("policy"))
+    }
+
+    async fn register_package(
+        &self,
+        _req: Request<pb::RegisterPackageRequest>,
+    ) -> Result<Response<pb::RegisterPackageResponse>, Status> {
+        Err(not_yet("the package catalog"))
+    }
+
+    async fn withdraw_package(
+        &self,
+        _req: Request<pb::WithdrawPackageRequest>,
+    ) -> Result<Response<pb::WithdrawPackageResponse>, Status> {
+        Err(not_yet("the package catalog"))
+    }
+
+    async fn search_catalog(
+        &self,
+        _req: Request<pb::SearchCatalogRequest>,
+    ) -> Result<Response<pb::SearchCatalogResponse>, Status> {
+        Err(not_yet("the package catalog"))
+    }
+
+    async fn assign(
+        &self,
+        _req: Request<pb::AssignRequest>,
+    ) -> Result<Response<pb::AssignResponse>, Status> {
+        Err(not_yet("rollouts"))
+    }
+
+    async fn rollout_status(
+        &self,
+        _req: Request<pb::RolloutStatusRequest>,
+    ) -> Result<Response<pb::RolloutStatusResponse>, Status> {
+        Err(not_yet("rollouts"))
+    }
+
+    async fn query_audit(
+        &self,
+        req: Request<pb::QueryAuditRequest>,
+    ) -> Result<Response<pb::QueryAuditResponse>, Status> {
+        let r = req.get_ref().clone();
+        let state = &self.shared.state;
+        audited(
+            state,
+            &req,
+            Action::QueryAudit,
+            r.actor.clone(),
+            |_| async move {
+                let limit = if r.limit == 0 {
+                    1000
+                } else {
+                    r.limit.min(10_000)
+                } as usize;
+                let actor = (!r.actor.is_empty()).then_some(r.actor.as_str());
+                let records = state
+                    .query_audit(r.since_unix_ms, actor, limit)
+                    .map_err(internal)?
+                    .into_iter()
+                    .map(|e| pb::AuditRecord {
+                        at_unix_ms: e.at_ms,
+                        actor: e.actor,
+                        role: e.role,
+                        action: e.action,
+                        target: e.target,
+                        allowed: e.allowed,
+                        outcome: e.outcome,
+                    })
+                    .collect();
+                Ok(Response::new(pb::QueryAuditResponse { records }))
+            },
+        )
+        .await
+    }
+
+    type BackupStream = BoxStream<pb::BackupChunk>;
+
+    async fn backup(
+        &self,
+        _req: Request<pb::BackupRequest>,
+    ) -> Result<Response<Self::BackupStream>, Status> {
+        Err(not_yet("backup"))
+    }
+}

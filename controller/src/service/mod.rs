@@ -1,0 +1,27 @@
+//! The controller's gRPC services: [`agent_control`] for agents
+//! (enrollment, renewal), [`admin`] for operators.
+
+pub mod admin;
+pub mod agent_control;
+
+use std::sync::Arc;
+
+use crate::ca::FleetCa;
+use crate::config::ControllerConfig;
+use crate::state::{State, StateError};
+
+/// What every service shares.
+#[derive(Debug)]
+pub struct Shared {
+    pub config: ControllerConfig,
+    pub state: State,
+    pub ca: FleetCa,
+}
+
+pub type SharedRef = Arc<Shared>;
+
+/// State failures are the controller's problem, not the caller's.
+pub(crate) fn internal(e: StateError) -> tonic::Status {
+    tracing::error!("state: {e}");
+    tonic::Status::internal(format!("controller state: {e}"))
+}

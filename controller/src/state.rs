@@ -1,0 +1,230 @@
+//! Everything the controller knows, in sled under its data directory:
+//! join tokens, enrolled agents, the audit log. Each record is JSON, so a
+//! backup is readable. A change is acknowledged only after it is flushed,
+//! so a `kill -9` loses nothing a caller was told had happened.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+
+/// Why the state database failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StateError {
+    #[error("state database in {dir}: {cause} (is another controller using this data directory?)")]
+    Open { dir: PathBuf, cause: sled::Error },
+    #[error("state database: {0}")]
+    Db(#[from] sled::Error),
+    #[error("state record {key} is unreadable: {cause}")]
+    Corrupt {
+        key: String,
+        cause: serde_json::Error,
+    },
+    #[error("join token is unknown")]
+    TokenUnknown,
+    #[error("join token expired")]
+    TokenExpired,
+    #[error("join token has no uses left")]
+    TokenUsedUp,
+}
+
+/// A join token as stored: only the token's hash is kept.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TokenRecord {
+    pub groups: Vec<String>,
+    pub labels: Vec<(String, String)>,
+    pub expires_ms: i64,
+    pub uses_left: u32,
+    pub created_ms: i64,
+    pub created_by: String,
+}
+
+/// An enrolled agent.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AgentRecord {
+    pub agent_id: String,
+    pub groups: Vec<String>,
+    pub labels: Vec<(String, String)>,
+    pub hostname: String,
+    /// Serial of the newest certificate issued to it, lowercase hex.
+    pub serial: String,
+    pub cert_expires_ms: i64,
+    pub enrolled_ms: i64,
+    pub revoked: Option<Revocation>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Revocation {
+    pub at_ms: i64,
+    pub by: String,
+    pub reason: String,
+}
+
+/// One admin call: who, what, when, outcome.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AuditEntry {
+    pub at_ms: i64,
+    pub actor: String,
+    pub role: String,
+    pub action: String,
+    pub target: String,
+    pub allowed: bool,
+    pub outcome: String,
+}
+
+/// The controller's state.
+#[derive(Debug, Clone)]
+pub struct State {
+    db: sled::Db,
+    tokens: sled::Tree,
+    agents: sled::Tree,
+    audit: sled::Tree,
+}
+
+fn decode<T: DeserializeOwned>(key: &[u8], v: &[u8]) -> Result<T, StateError> {
+    serde_json::from_slice(v).map_err(|cause| StateError::Corrupt {
+        key: String::from_utf8_lossy(key).into_owned(),
+        cause,
+    })
+}
+
+fn encode<T: Serialize>(v: &T) -> Vec<u8> {
+    // Our own plain structs: serialising them cannot fail.
+    serde_json::to_vec(v).unwrap_or_default()
+}
+
+impl State {
+    pub fn open(dir: &Path) -> Result<Self, StateError> {
+        let db = sled::Config::new()
+            .path(dir)
+            .cache_capacity(64 << 20)
+            .open()
+            .map_err(|cause| StateError::Open {
+                dir: dir.to_owned(),
+                cause,
+            })?;
+        Ok(Self {
+            tokens: db.open_tree("tokens-1")?,
+            agents: db.open_tree("agents-1")?,
+            audit: db.open_tree("audit-1")?,
+            db,
+        })
+    }
+
+    /// Makes every change so far durable; call before acknowledging one.
+    pub async fn flush(&self) -> Result<(), StateError> {
+        self.db.flush_async().await?;
+        Ok(())
+    }
+
+    pub async fn put_token(&self, hash: &str, rec: &TokenRecord) -> Result<(), StateError> {
+        self.tokens.insert(hash, encode(rec))?;
+        self.flush().await
+    }
+
+    /// Uses a token once: checks expiry and uses, atomically.
+    pub async fn consume_token(&self, hash: &str, now_ms: i64) -> Result<TokenRecord, StateError> {
+        loop {
+            let Some(old) = self.tokens.get(hash)? else {
+                return Err(StateError::TokenUnknown);
+            };
+            let mut rec: TokenRecord = decode(hash.as_bytes(), &old)?;
+            if rec.expires_ms <= now_ms {
+                return Err(StateError::TokenExpired);
+            }
+            if rec.uses_left == 0 {
+                return Err(StateError::TokenUsedUp);
+            }
+            rec.uses_left -= 1;
+            let swapped = self
+                .tokens
+                .compare_and_swap(hash, Some(old), Some(encode(&rec)))?;
+            if swapped.is_ok() {
+                self.flush().await?;
+                return Ok(rec);
+            }
+        }
+    }
+
+    pub fn agent(&self, id: &str) -> Result<Option<AgentRecord>, StateError> {
+        self.agents
+            .get(id)?
+            .map(|v| decode(id.as_bytes(), &v))
+            .transpose()
+    }
+
+    /// Stores an agent under an id no one holds yet, derived from `want`:
+    /// `want` itself if free, else `want-2`, `want-3`, …
+    pub async fn add_agent(
+        &self,
+        want: &str,
+        mut rec: AgentRecord,
+    ) -> Result<AgentRecord, StateError> {
+        for n in 1u32.. {
+            let id = if n == 1 {
+                want.to_owned()
+            } else {
+                let suffix = format!("-{n}");
+                let base = &want[..want.len().min(63 - suffix.len())];
+                format!("{}{suffix}", base.trim_end_matches('-'))
+            };
+            rec.agent_id = id.clone();
+            if self
+                .agents
+                .compare_and_swap(&id, None as Option<&[u8]>, Some(encode(&rec)))?
+                .is_ok()
+            {
+                self.flush().await?;
+                return Ok(rec);
+            }
+        }
+        unreachable!("u32 ids run out")
+    }
+
+    pub async fn put_agent(&self, rec: &AgentRecord) -> Result<(), StateError> {
+        self.agents.insert(&rec.agent_id, encode(rec))?;
+        self.flush().await
+    }
+
+    pub fn agents(&self) -> Result<Vec<AgentRecord>, StateError> {
+        self.agents
+            .iter()
+            .map(|kv| {
+                let (k, v) = kv?;
+                decode(&k, &v)
+            })
+            .collect()
+    }
+
+    /// Appends to the audit log, durably.
+    pub async fn audit(&self, entry: &AuditEntry) -> Result<(), StateError> {
+        // Time-ordered keys; the id breaks ties within a millisecond.
+        let mut key = (entry.at_ms as u64).to_be_bytes().to_vec();
+        key.extend_from_slice(&self.db.generate_id()?.to_be_bytes());
+        self.audit.insert(key, encode(entry))?;
+        self.flush().await
+    }
+
+    /// Audit entries at or after `since_ms`, oldest first, optionally of
+    /// one actor, at most `limit`.
+    pub fn query_audit(
+        &self,
+        since_ms: i64,
+        actor: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<AuditEntry>, StateError> {
+        let start = (since_ms.max(0) as u64).to_be_bytes();
+        let mut out = Vec::new();
+        for kv in self.audit.range(start..) {
+            let (k, v) = kv?;
+            let e: AuditEntry = decode(&k, &v)?;
+            if actor.is_none_or(|a| a == e.actor) {
+                out.push(e);
+                if out.len() >= limit {
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+}
