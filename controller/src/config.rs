@@ -137,7 +137,8 @@ mod tests {
         let c = ControllerConfig::from_yaml("").expect("defaults");
         assert_eq!(c.listen.port(), 7800);
         assert_eq!(c.agent_cert_validity, Duration::from_secs(30 * 86_400));
-        let e = ControllerConfig::from_yaml("agent_cert_validity: soon").expect_err("must be refused");
+        let e =
+            ControllerConfig::from_yaml("agent_cert_validity: soon").expect_err("must be refused");
         assert!(e.to_string().starts_with("agent_cert_validity:"), "{e}");
         let e = ControllerConfig::from_yaml("listen: nowhere").expect_err("must be refused");
         assert!(e.to_string().starts_with("listen:"), "{e}");
