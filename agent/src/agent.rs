@@ -1,7 +1,9 @@
 //! The agent: wiring every part together, and taking it down in order.
 //!
 //! Start-up: identity and TLS → store (resumes and re-verifies) → swarm
-//! listener → discovery → transfer queue (resumes downloads) → local API.
+//! listener → saved controller state (revocations, roster) → swarm service
+//! → discovery → controller session → transfer queue (resumes downloads)
+//! → local API.
 //! Shutdown: stop accepting and cancel every task (one token), wait for
 //! them with a deadline, flush the store.
 
@@ -17,7 +19,9 @@ use tokio_util::task::TaskTracker;
 use tonic::transport::Server;
 
 use crate::config::AgentConfig;
+use crate::control::{self, ControlTask, SessionState};
 use crate::discovery::{self, PeerTable, mdns};
+use crate::enroll::controller_client_config;
 use crate::events::Events;
 use crate::limits::RateLimiter;
 use crate::local_api::LocalApi;
@@ -70,6 +74,7 @@ pub struct Agent {
     transfers: Transfers,
     listen: SocketAddr,
     socket: PathBuf,
+    controller: Option<Arc<SessionState>>,
 }
 
 impl Agent {
@@ -93,11 +98,25 @@ impl Agent {
         let deny = Arc::new(DenyList::new(config.deny.clone()));
         let server_tls = tls.server_config(deny.clone())?;
         let client_tls = tls.client_config(deny.clone())?;
+        let controller_tls = match config.controller {
+            Some(_) => Some(controller_client_config(&tls)?),
+            None => None,
+        };
 
         let tasks = TaskTracker::new();
         let cancel = CancellationToken::new();
         let peers = Arc::new(PeerTable::new(&identity.agent_id));
         discovery::add_static_peers(&peers, &config.static_peers);
+        // What the controller last said, before any peer can connect.
+        if config.controller.is_some() {
+            control::restore(
+                &config.data_dir,
+                &deny,
+                &config.deny,
+                &peers,
+                &identity.agent_id,
+            );
+        }
 
         let mut local_addrs: Vec<IpAddr> = config.advertise.iter().map(|a| a.ip()).collect();
         if !listen.ip().is_unspecified() {
@@ -185,6 +204,25 @@ impl Agent {
             }
         });
 
+        // The controller session.
+        let controller = match (&config.controller, controller_tls) {
+            (Some(settings), Some(tls)) => {
+                let state = Arc::new(SessionState::default());
+                ControlTask {
+                    ctx: ctx.clone(),
+                    settings: settings.clone(),
+                    tls,
+                    configured_deny: config.deny.clone(),
+                    advertise: config.advertise.clone(),
+                    listen,
+                    state: state.clone(),
+                }
+                .spawn();
+                Some(state)
+            }
+            _ => None,
+        };
+
         // Transfers, resuming what was downloading before a restart.
         let transfers = transfers::start(ctx.clone(), config.limits.max_concurrent_downloads);
         for pkg in ctx.store.list() {
@@ -211,6 +249,7 @@ impl Agent {
             socket = %config.socket.display(),
             mdns = config.mdns,
             static_peers = config.static_peers.len(),
+            controller = config.controller.as_ref().map(|c| c.addr.as_str()),
             "agent started"
         );
         Ok(Self {
@@ -218,7 +257,13 @@ impl Agent {
             transfers,
             listen,
             socket: config.socket.clone(),
+            controller,
         })
+    }
+
+    /// The controller session's state; `None` when running standalone.
+    pub fn controller_session(&self) -> Option<&SessionState> {
+        self.controller.as_deref()
     }
 
     pub fn listen_addr(&self) -> SocketAddr {

@@ -60,6 +60,8 @@ struct FileConfig {
     local_api: FileLocalApi,
     #[serde(default)]
     log: FileLog,
+    #[serde(default)]
+    controller: FileController,
 }
 
 fn default_listen() -> String {
@@ -158,6 +160,24 @@ impl Default for FileLog {
     }
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct FileController {
+    url: Option<String>,
+    status_interval: String,
+    reconnect_max: String,
+}
+
+impl Default for FileController {
+    fn default() -> Self {
+        Self {
+            url: None,
+            status_interval: "10s".into(),
+            reconnect_max: "60s".into(),
+        }
+    }
+}
+
 // ---- typed configuration -------------------------------------------------
 
 /// How logs are written.
@@ -197,6 +217,28 @@ pub struct SwarmSettings {
     pub ban_duration: Duration,
 }
 
+/// The controller session: where the controller is and how often to talk.
+#[derive(Debug, Clone)]
+pub struct ControllerSettings {
+    /// `host:port` to dial (the port defaults to 7800).
+    pub addr: String,
+    /// How often a status report is sent.
+    pub status_interval: Duration,
+    /// Longest wait between reconnection attempts.
+    pub reconnect_max: Duration,
+}
+
+impl ControllerSettings {
+    /// Defaults for the controller at `addr`.
+    pub fn new(addr: impl Into<String>) -> Self {
+        Self {
+            addr: addr.into(),
+            status_interval: Duration::from_secs(10),
+            reconnect_max: Duration::from_secs(60),
+        }
+    }
+}
+
 /// A validated agent configuration.
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
@@ -217,6 +259,8 @@ pub struct AgentConfig {
     pub socket: PathBuf,
     pub log_format: LogFormat,
     pub log_level: String,
+    /// The controller to keep a session with; `None` = standalone.
+    pub controller: Option<ControllerSettings>,
 }
 
 impl AgentConfig {
@@ -248,6 +292,7 @@ impl AgentConfig {
             socket: data_dir.join("agent.sock"),
             log_format: LogFormat::Text,
             log_level: "info".into(),
+            controller: None,
         }
     }
 
@@ -326,6 +371,19 @@ impl AgentConfig {
         }
         c.log_format = f.log.format;
         c.log_level = f.log.level;
+        let status_interval = parse_duration(&f.controller.status_interval)
+            .map_err(|e| invalid("controller.status_interval", e))?;
+        let reconnect_max = parse_duration(&f.controller.reconnect_max)
+            .map_err(|e| invalid("controller.reconnect_max", e))?;
+        if let Some(url) = &f.controller.url {
+            let addr = crate::enroll::parse_controller_addr(url)
+                .map_err(|r| invalid("controller.url", r))?;
+            c.controller = Some(ControllerSettings {
+                addr,
+                status_interval,
+                reconnect_max,
+            });
+        }
         c.validate()?;
         Ok(c)
     }
@@ -352,6 +410,14 @@ impl AgentConfig {
         }
         if self.peer_timeout < Duration::from_secs(5) {
             return Err(invalid("discovery.peer_timeout", "must be at least 5s"));
+        }
+        if let Some(ctl) = &self.controller {
+            if ctl.status_interval < Duration::from_secs(1) {
+                return Err(invalid("controller.status_interval", "must be at least 1s"));
+            }
+            if ctl.reconnect_max < Duration::from_secs(1) {
+                return Err(invalid("controller.reconnect_max", "must be at least 1s"));
+            }
         }
         tracing_subscriber::EnvFilter::try_new(&self.log_level)
             .map_err(|e| invalid("log.level", e))?;
@@ -388,6 +454,36 @@ mod tests {
         assert_eq!(c.socket, Path::new("/var/lib/shoal/agent.sock"));
         assert!(c.mdns);
         assert_eq!(c.limits.upload_slots, 4);
+        assert!(
+            c.controller.is_none(),
+            "standalone unless a controller is named"
+        );
+    }
+
+    #[test]
+    fn controller_section_parses_with_defaults() {
+        let text = format!("{MINIMAL}controller: {{url: ctl.lan}}\n");
+        let c = AgentConfig::from_yaml(&text, Path::new("/")).expect("valid");
+        let ctl = c.controller.expect("controller set");
+        assert_eq!(ctl.addr, "ctl.lan:7800");
+        assert_eq!(ctl.status_interval, Duration::from_secs(10));
+        assert_eq!(ctl.reconnect_max, Duration::from_secs(60));
+
+        let text = format!(
+            "{MINIMAL}controller: {{url: 'https://10.0.0.1:9000', status_interval: 2s, reconnect_max: 5m}}\n"
+        );
+        let ctl = AgentConfig::from_yaml(&text, Path::new("/"))
+            .expect("valid")
+            .controller
+            .expect("controller set");
+        assert_eq!(ctl.addr, "10.0.0.1:9000");
+        assert_eq!(ctl.status_interval, Duration::from_secs(2));
+        assert_eq!(ctl.reconnect_max, Duration::from_secs(300));
+
+        // Timings without a url: checked, but no session.
+        let text = format!("{MINIMAL}controller: {{status_interval: 5s}}\n");
+        let c = AgentConfig::from_yaml(&text, Path::new("/")).expect("valid");
+        assert!(c.controller.is_none());
     }
 
     #[test]
@@ -416,6 +512,21 @@ mod tests {
             ("listen: nowhere", "listen"),
             ("trusted_publishers: ['ed25519:00']", "trusted_publishers"),
             ("limits: {upload_slots: 0}", "limits.upload_slots"),
+            ("controller: {url: 'ctl:0'}", "controller.url"),
+            ("controller: {url: 'http://ctl'}", "controller.url"),
+            (
+                "controller: {url: ctl, status_interval: 500ms}",
+                "controller.status_interval",
+            ),
+            (
+                "controller: {status_interval: often}",
+                "controller.status_interval",
+            ),
+            (
+                "controller: {url: ctl, reconnect_max: 0s}",
+                "controller.reconnect_max",
+            ),
+            ("controller: {urll: ctl}", "urll"),
         ];
         for (extra, field) in cases {
             let e = AgentConfig::from_yaml(&format!("{MINIMAL}{extra}\n"), Path::new("/"))
@@ -462,13 +573,14 @@ mod example_tests {
         assert_eq!(c.swarm.ban_threshold, d.swarm.ban_threshold);
         assert_eq!(c.swarm.ban_duration, d.swarm.ban_duration);
         assert_eq!(c.socket, d.socket);
+        assert!(c.controller.is_none(), "the example runs standalone");
     }
 
     /// Every field of the file schema is documented in the reference.
     #[test]
     fn reference_documents_every_field() {
         let doc = include_str!("../../docs/agent-config.md");
-        for field in [
+        let fields = [
             "data_dir",
             "listen",
             "advertise",
@@ -492,11 +604,28 @@ mod example_tests {
             "local_api.socket",
             "log.format",
             "log.level",
-        ] {
+            "controller.url",
+            "controller.status_interval",
+            "controller.reconnect_max",
+        ];
+        for field in fields {
             assert!(
                 doc.contains(&format!("| `{field}` |")),
                 "docs/agent-config.md lacks {field}"
             );
+        }
+        // And the reference documents nothing that is not a field.
+        for line in doc.lines() {
+            if let Some(field) = line
+                .strip_prefix("| `")
+                .and_then(|rest| rest.split_once("` |"))
+                .map(|(f, _)| f)
+            {
+                assert!(
+                    fields.contains(&field),
+                    "docs/agent-config.md documents {field}, which the schema lacks"
+                );
+            }
         }
     }
 }

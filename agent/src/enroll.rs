@@ -237,14 +237,20 @@ fn client_config(
 
 /// The `host:port` to dial from `host[:port]` or `https://host[:port]`.
 fn controller_addr(given: &str) -> Result<String, EnrollError> {
-    let bad = |reason: &str| invalid("--controller", format!("{given:?}: {reason}"));
+    parse_controller_addr(given).map_err(|reason| invalid("--controller", reason))
+}
+
+/// The controller's `host:port` from `host[:port]` or `https://host[:port]`
+/// (the port defaults to [`DEFAULT_CONTROLLER_PORT`]), or why it is not one.
+pub fn parse_controller_addr(given: &str) -> Result<String, String> {
+    let bad = |reason: &str| format!("{given:?}: {reason}");
     let s = given.trim().trim_end_matches('/');
     let s = match s.split_once("://") {
         None => s,
         Some((scheme, rest)) if scheme.eq_ignore_ascii_case("https") => rest,
         Some(_) => {
             return Err(bad(
-                "enrollment needs TLS: write host:port or https://host:port",
+                "the controller needs TLS: write host:port or https://host:port",
             ));
         }
     };

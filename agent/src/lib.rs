@@ -2,7 +2,8 @@
 //!
 //! This crate owns everything that runs on a workstation: today the `shoal`
 //! CLI's key and package commands ([`cli`]); the daemon's discovery,
-//! transport, swarm scheduler, chunk store and local API grow beside it.
+//! transport, swarm scheduler, chunk store, controller session ([`control`])
+//! and local API grow beside it.
 //! Formats and the wire contract live in `shoal-proto`, fleet management in
 //! `shoal-controller`.
 
@@ -10,6 +11,7 @@ pub mod agent;
 pub mod alloc_tuning;
 pub mod cli;
 pub mod config;
+pub mod control;
 pub mod discovery;
 pub mod enroll;
 pub mod events;

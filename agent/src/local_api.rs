@@ -44,7 +44,7 @@ fn state_of(pkg: &Package) -> State {
     }
 }
 
-fn package_status(pkg: &Package) -> pb::PackageStatus {
+pub(crate) fn package_status(pkg: &Package) -> pb::PackageStatus {
     let r = pkg.record();
     pb::PackageStatus {
         content_id: bytes::Bytes::copy_from_slice(pkg.id.as_bytes()),

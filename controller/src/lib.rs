@@ -11,6 +11,8 @@
 //! - [`ca`]: the fleet CA (created on first start, or imported), the
 //!   controller's own certificate and the first admin identity.
 //! - [`tokens`]: join tokens: groups, expiry, uses.
+//! - [`fleet`]: which agents are online, and the signal that sends them
+//!   a fresh roster and revocation list.
 //! - [`auth`]: who is calling (from the client certificate) and what each
 //!   role may do; every admin call lands in the audit log.
 //! - [`service`]: the gRPC services, agent-facing and admin-facing.
@@ -21,6 +23,7 @@
 pub mod auth;
 pub mod ca;
 pub mod config;
+pub mod fleet;
 pub mod server;
 pub mod service;
 pub mod state;

@@ -13,6 +13,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::ca::{CaError, FleetCa};
 use crate::config::ControllerConfig;
+use crate::fleet::Fleet;
 use crate::service::admin::AdminService;
 use crate::service::agent_control::AgentControlService;
 use crate::service::{Shared, SharedRef};
@@ -72,8 +73,15 @@ impl Controller {
             cause,
         })?;
         tracing::info!(%addr, ca_fingerprint = %ca.fingerprint(), "controller listening");
-        let shared = Arc::new(Shared { config, state, ca });
         let (cancel, tasks) = (CancellationToken::new(), TaskTracker::new());
+        let shared = Arc::new(Shared {
+            config,
+            state,
+            ca,
+            fleet: Fleet::default(),
+            tasks: tasks.clone(),
+            cancel: cancel.clone(),
+        });
         let incoming = tls_incoming(listener, tls, cancel.clone(), &tasks);
         let router = tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(Duration::from_secs(20)))

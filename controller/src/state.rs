@@ -51,6 +51,13 @@ pub struct AgentRecord {
     pub cert_expires_ms: i64,
     pub enrolled_ms: i64,
     pub revoked: Option<Revocation>,
+    /// SHA-256 of its newest certificate, lowercase hex.
+    #[serde(default)]
+    pub fingerprint: String,
+    /// Where its peers can reach it, as it last reported. Kept, so the
+    /// roster survives a controller restart.
+    #[serde(default)]
+    pub addrs: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

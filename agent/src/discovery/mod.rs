@@ -1,14 +1,15 @@
 //! Discovery: who the peers are and where to reach them.
 //!
 //! [`PeerTable`] is the one list every other part reads; sources feed it:
-//! mDNS on the LAN ([`mdns`]), static peers from config (below), and later
-//! the controller's roster for peers across subnets. Entries that stop
+//! mDNS on the LAN ([`mdns`]), static peers from config (below), and the
+//! controller's roster for peers across subnets ([`PeerTable::sync_source`],
+//! fed by `crate::control`). Entries that stop
 //! answering age out: an entry not refreshed for half the peer timeout is
 //! probed with a TCP connect and dropped if nothing answers.
 
 pub mod mdns;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -49,6 +50,19 @@ pub struct PeerEntry {
 
 /// Key of an entry: the agent id, or `static:<addr>`.
 pub type PeerKey = String;
+
+/// What [`PeerTable::sync_source`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Synced {
+    /// Entries of the source now in the table.
+    pub listed: usize,
+    /// Of those, how many are new.
+    pub added: usize,
+    /// The source's entries dropped because they were not given again.
+    pub removed: usize,
+    /// Entries skipped because another source holds their key.
+    pub shadowed: usize,
+}
 
 /// The current set of peers, observable.
 #[derive(Debug)]
@@ -93,6 +107,45 @@ impl PeerTable {
     pub fn remove(&self, key: &str) {
         self.tx
             .send_if_modified(|map| Arc::make_mut(map).remove(key).is_some());
+    }
+
+    /// Makes `source`'s entries exactly `entries`: adds or refreshes them
+    /// and drops that source's other entries, in one change. A key held by
+    /// another source is left alone: that source knows the peer first-hand.
+    pub fn sync_source(&self, source: Source, entries: Vec<(PeerKey, PeerEntry)>) -> Synced {
+        let mut out = Synced::default();
+        self.tx.send_if_modified(|map| {
+            let wanted: HashSet<&PeerKey> = entries.iter().map(|(k, _)| k).collect();
+            let map = Arc::make_mut(map);
+            let before = map.len();
+            map.retain(|k, e| e.source != source || wanted.contains(k));
+            out.removed = before - map.len();
+            let mut changed = out.removed > 0;
+            for (key, entry) in entries {
+                if entry.agent_id.as_deref() == Some(self.self_id.as_str()) {
+                    continue;
+                }
+                match map.get(&key) {
+                    Some(old) if old.source != source => {
+                        out.shadowed += 1;
+                        continue;
+                    }
+                    Some(old) => {
+                        changed |= old.addrs != entry.addrs
+                            || old.agent_id != entry.agent_id
+                            || old.fingerprint != entry.fingerprint;
+                    }
+                    None => {
+                        out.added += 1;
+                        changed = true;
+                    }
+                }
+                out.listed += 1;
+                map.insert(key, entry);
+            }
+            changed
+        });
+        out
     }
 
     fn touch(&self, key: &str) {
@@ -202,6 +255,50 @@ mod tests {
             table.snapshot()["alive"].last_seen.elapsed() < Duration::from_secs(5),
             "probe refreshed it"
         );
+    }
+
+    #[test]
+    fn sync_source_replaces_only_that_sources_entries() {
+        let table = PeerTable::new("me");
+        let with_id = |id: &str, addr: &str, source| {
+            let mut e = entry(addr, source, Duration::ZERO);
+            e.agent_id = Some(id.to_owned());
+            (id.to_owned(), e)
+        };
+        let (k, e) = with_id("lan", "10.0.0.2:7400", Source::Mdns);
+        table.upsert(k, e);
+        add_static_peers(&table, &["10.0.0.3:7400".to_owned()]);
+        let first = table.sync_source(
+            Source::Roster,
+            vec![
+                with_id("a", "10.1.0.1:7400", Source::Roster),
+                with_id("b", "10.1.0.2:7400", Source::Roster),
+                with_id("lan", "10.1.0.9:7400", Source::Roster),
+                with_id("me", "10.1.0.3:7400", Source::Roster),
+            ],
+        );
+        assert_eq!(
+            first,
+            Synced {
+                listed: 2,
+                added: 2,
+                removed: 0,
+                shadowed: 1
+            }
+        );
+        let second = table.sync_source(
+            Source::Roster,
+            vec![with_id("b", "10.1.0.22:7400", Source::Roster)],
+        );
+        assert_eq!((second.listed, second.added, second.removed), (1, 0, 1));
+        let snap = table.snapshot();
+        let keys: Vec<&str> = snap.keys().map(String::as_str).collect();
+        assert_eq!(keys, vec!["b", "lan", "static:10.0.0.3:7400"]);
+        assert_eq!(snap["b"].addrs, vec!["10.1.0.22:7400"]);
+        assert_eq!(snap["lan"].source, Source::Mdns, "mDNS entry untouched");
+        // An empty roster drops every roster entry and nothing else.
+        table.sync_source(Source::Roster, Vec::new());
+        assert_eq!(table.snapshot().len(), 2);
     }
 
     #[test]

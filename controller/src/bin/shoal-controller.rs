@@ -324,19 +324,23 @@ async fn admin(
                     .map(|a| {
                         serde_json::json!({
                             "agent_id": a.agent_id, "groups": a.groups, "hostname": a.hostname,
-                            "revoked": a.revoked, "certificate_serial": a.certificate_serial,
+                            "revoked": a.revoked, "online": a.online, "last_seen_unix_ms": a.last_seen_unix_ms, "certificate_serial": a.certificate_serial,
                             "certificate_expires_unix_ms": a.certificate_expires_unix_ms,
                         })
                     })
                     .collect();
                 println!("{}", serde_json::Value::Array(v));
             } else {
-                println!("{:<24} {:<24} {:<8} HOSTNAME", "AGENT", "GROUPS", "REVOKED");
+                println!(
+                    "{:<24} {:<24} {:<8} {:<8} HOSTNAME",
+                    "AGENT", "GROUPS", "ONLINE", "REVOKED"
+                );
                 for a in r.agents {
                     println!(
-                        "{:<24} {:<24} {:<8} {}",
+                        "{:<24} {:<24} {:<8} {:<8} {}",
                         a.agent_id,
                         a.groups.join(","),
+                        a.online,
                         a.revoked,
                         a.hostname
                     );

@@ -10,6 +10,7 @@ use tonic::{Request, Response, Status};
 
 use super::{SharedRef, internal};
 use crate::auth::{Action, audited};
+use crate::fleet::Online;
 use crate::state::{AgentRecord, Revocation};
 use crate::tokens::{self, TokenError, TokenSpec};
 
@@ -38,14 +39,14 @@ fn labels(l: &[(String, String)]) -> Vec<pb::Label> {
         .collect()
 }
 
-fn agent_info(a: AgentRecord) -> pb::AgentInfo {
+fn agent_info(a: AgentRecord, online: Option<Online>) -> pb::AgentInfo {
     pb::AgentInfo {
         labels: labels(&a.labels),
         agent_id: a.agent_id,
         groups: a.groups,
-        online: false,
-        last_seen_unix_ms: 0,
-        policy_version: 0,
+        online: online.is_some(),
+        last_seen_unix_ms: online.as_ref().map_or(0, |o| o.last_seen_ms),
+        policy_version: online.as_ref().map_or(0, |o| o.policy_version),
         certificate_serial: a.serial,
         certificate_expires_unix_ms: a.cert_expires_ms,
         revoked: a.revoked.is_some(),
@@ -102,7 +103,7 @@ impl pb::admin_server::Admin for AdminService {
         req: Request<pb::ListAgentsRequest>,
     ) -> Result<Response<pb::ListAgentsResponse>, Status> {
         let group = req.get_ref().group.clone();
-        let state = &self.shared.state;
+        let (state, fleet) = (&self.shared.state, &self.shared.fleet);
         audited(
             state,
             &req,
@@ -114,7 +115,10 @@ impl pb::admin_server::Admin for AdminService {
                     .map_err(internal)?
                     .into_iter()
                     .filter(|a| group.is_empty() || a.groups.contains(&group))
-                    .map(agent_info)
+                    .map(|a| {
+                        let online = fleet.get(&a.agent_id);
+                        agent_info(a, online)
+                    })
                     .collect();
                 Ok(Response::new(pb::ListAgentsResponse { agents }))
             },
@@ -127,7 +131,7 @@ impl pb::admin_server::Admin for AdminService {
         req: Request<pb::RevokeAgentRequest>,
     ) -> Result<Response<pb::RevokeAgentResponse>, Status> {
         let r = req.get_ref().clone();
-        let state = &self.shared.state;
+        let (state, fleet) = (&self.shared.state, &self.shared.fleet);
         audited(
             state,
             &req,
@@ -144,6 +148,7 @@ impl pb::admin_server::Admin for AdminService {
                         reason: r.reason,
                     });
                     state.put_agent(&rec).await.map_err(internal)?;
+                    fleet.bump();
                     tracing::info!(agent = %r.agent_id, by = %caller.name(), "agent revoked");
                 }
                 Ok(Response::new(pb::RevokeAgentResponse {}))

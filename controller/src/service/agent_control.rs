@@ -9,11 +9,14 @@ use rustls::pki_types::pem::PemObject;
 use shoal_proto::identity::{parse_identity, validate_label};
 use shoal_proto::pb;
 use shoal_proto::pki::IssueRequest;
+use tokio::sync::mpsc;
 use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::{SharedRef, internal};
+use super::{Shared, SharedRef, internal};
 use crate::auth::Caller;
+use crate::fleet::Online;
 use crate::state::{AgentRecord, StateError};
 use crate::tokens::token_hash;
 
@@ -30,6 +33,20 @@ impl AgentControlService {
 
     pub fn into_server(self) -> pb::agent_control_server::AgentControlServer<Self> {
         pb::agent_control_server::AgentControlServer::new(self)
+    }
+
+    /// The caller's enrollment record, refusing revoked or unknown agents.
+    fn enrolled(&self, id: &str) -> Result<AgentRecord, Status> {
+        let rec = self
+            .shared
+            .state
+            .agent(id)
+            .map_err(internal)?
+            .ok_or_else(|| Status::permission_denied(format!("agent {id} is not enrolled")))?;
+        if rec.revoked.is_some() {
+            return Err(Status::permission_denied(format!("agent {id} is revoked")));
+        }
+        Ok(rec)
     }
 
     /// Issues a certificate for `csr_pem` and records its serial and
@@ -50,6 +67,7 @@ impl AgentControlService {
             .map_err(|e| Status::internal(e.to_string()))?;
         let id = parse_identity(&der).map_err(|e| Status::internal(e.to_string()))?;
         rec.serial = id.serial;
+        rec.fingerprint = id.fingerprint;
         rec.cert_expires_ms = id.not_after_unix * 1000;
         self.shared.state.put_agent(&rec).await.map_err(internal)?;
         Ok(pem)
@@ -75,6 +93,137 @@ fn id_from_hostname(hostname: &str) -> String {
 }
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+/// Updates queued per session; a session that cannot keep up is ended
+/// (the agent reconnects and gets the current state).
+const SESSION_QUEUE: usize = 16;
+
+/// The revocation list as agents get it: revoked ids and their serials.
+fn revocations(shared: &Shared) -> Result<pb::Revocations, Status> {
+    let mut r = pb::Revocations::default();
+    for a in shared.state.agents().map_err(internal)? {
+        if a.revoked.is_some() {
+            r.agent_ids.push(a.agent_id);
+            if !a.serial.is_empty() {
+                r.serials.push(a.serial);
+            }
+        }
+    }
+    Ok(r)
+}
+
+/// Every other enrolled, unrevoked agent that has reported where it
+/// listens, online or not: agents keep trying offline ones, and a restarted
+/// controller hands out a full roster before anyone has reconnected.
+fn roster(shared: &Shared, except: &str) -> Result<pb::Roster, Status> {
+    let mut peers: Vec<pb::RosterPeer> = shared
+        .state
+        .agents()
+        .map_err(internal)?
+        .into_iter()
+        .filter(|a| a.agent_id != except && a.revoked.is_none() && !a.addrs.is_empty())
+        .map(|a| pb::RosterPeer {
+            agent_id: a.agent_id,
+            addrs: a.addrs,
+            cert_fingerprint: a.fingerprint,
+            groups: a.groups,
+        })
+        .collect();
+    peers.sort_by(|a, b| a.agent_id.cmp(&b.agent_id));
+    Ok(pb::Roster { peers })
+}
+
+/// One agent's session: sends the current roster and revocations, again
+/// whenever the fleet changes, and takes the agent's reports. Ends when
+/// the agent hangs up, is revoked, or the controller stops.
+async fn run_session(
+    shared: SharedRef,
+    id: String,
+    session: u64,
+    mut reports: Streaming<pb::AgentReport>,
+    tx: mpsc::Sender<Result<pb::ControllerUpdate, Status>>,
+) {
+    let mut changed = shared.fleet.subscribe();
+    changed.mark_changed();
+    let (mut sent_revocations, mut sent_roster) = (None, None);
+    let why = loop {
+        tokio::select! {
+            _ = shared.cancel.cancelled() => break "controller shutting down".to_owned(),
+            r = changed.changed() => {
+                if r.is_err() {
+                    break "controller shutting down".to_owned();
+                }
+                let revoked = match revocations(&shared) {
+                    Ok(r) => r,
+                    Err(e) => break e.message().to_owned(),
+                };
+                if revoked.agent_ids.contains(&id) {
+                    let _ = tx.send(Err(Status::permission_denied(format!("agent {id} is revoked")))).await;
+                    break "revoked".to_owned();
+                }
+                let peers = match roster(&shared, &id) {
+                    Ok(r) => r,
+                    Err(e) => break e.message().to_owned(),
+                };
+                let mut updates = Vec::new();
+                if sent_revocations.as_ref() != Some(&revoked) {
+                    updates.push(pb::controller_update::Update::Revocations(revoked.clone()));
+                    sent_revocations = Some(revoked);
+                }
+                if sent_roster.as_ref() != Some(&peers) {
+                    updates.push(pb::controller_update::Update::Roster(peers.clone()));
+                    sent_roster = Some(peers);
+                }
+                for u in updates {
+                    if tx.try_send(Ok(pb::ControllerUpdate { update: Some(u) })).is_err() {
+                        break;
+                    }
+                }
+                if tx.is_closed() || tx.capacity() == 0 {
+                    break "agent not reading its session".to_owned();
+                }
+            }
+            msg = reports.message() => match msg {
+                Ok(Some(report)) => apply_report(&shared, &id, session, report).await,
+                Ok(None) => break "agent closed the session".to_owned(),
+                Err(s) => break format!("{:?}: {}", s.code(), s.message()),
+            },
+        }
+    };
+    shared.fleet.leave(&id, session);
+    tracing::info!(agent = %id, "session ended: {why}");
+}
+
+async fn apply_report(shared: &Shared, id: &str, session: u64, report: pb::AgentReport) {
+    let now = crate::now_ms();
+    match report.report {
+        Some(pb::agent_report::Report::Hello(h)) => {
+            shared.fleet.report(id, session, |o| {
+                o.last_seen_ms = now;
+                o.policy_version = h.policy_version;
+                false
+            });
+            // New addresses change everyone's roster: keep them, then tell.
+            match shared.state.agent(id) {
+                Ok(Some(mut rec)) if rec.addrs != h.listen_addrs => {
+                    rec.addrs = h.listen_addrs;
+                    match shared.state.put_agent(&rec).await {
+                        Ok(()) => shared.fleet.bump(),
+                        Err(e) => tracing::error!(agent = %id, "saving addresses: {e}"),
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => tracing::error!(agent = %id, "reading the agent: {e}"),
+            }
+        }
+        Some(pb::agent_report::Report::Status(st)) => shared.fleet.report(id, session, |o| {
+            o.last_seen_ms = now;
+            o.policy_version = st.policy_version;
+            false
+        }),
+        None => {}
+    }
+}
 
 #[tonic::async_trait]
 impl pb::agent_control_server::AgentControl for AgentControlService {
@@ -107,6 +256,8 @@ impl pb::agent_control_server::AgentControl for AgentControlService {
             cert_expires_ms: 0,
             enrolled_ms: now,
             revoked: None,
+            fingerprint: String::new(),
+            addrs: Vec::new(),
         };
         let rec = self
             .shared
@@ -130,15 +281,7 @@ impl pb::agent_control_server::AgentControl for AgentControlService {
     ) -> Result<Response<pb::RenewResponse>, Status> {
         let caller = Caller::of(&req)?;
         let id = &caller.identity.agent_id;
-        let rec = self
-            .shared
-            .state
-            .agent(id)
-            .map_err(internal)?
-            .ok_or_else(|| Status::permission_denied(format!("agent {id} is not enrolled")))?;
-        if rec.revoked.is_some() {
-            return Err(Status::permission_denied(format!("agent {id} is revoked")));
-        }
+        let rec = self.enrolled(id)?;
         let certificate_pem = self.issue(rec, &req.into_inner().csr_pem).await?;
         tracing::info!(agent = %id, "certificate renewed");
         Ok(Response::new(pb::RenewResponse { certificate_pem }))
@@ -148,11 +291,27 @@ impl pb::agent_control_server::AgentControl for AgentControlService {
 
     async fn session(
         &self,
-        _req: Request<Streaming<pb::AgentReport>>,
+        req: Request<Streaming<pb::AgentReport>>,
     ) -> Result<Response<Self::SessionStream>, Status> {
-        Err(Status::unimplemented(
-            "agent sessions are not served by this controller version yet",
-        ))
+        let caller = Caller::of(&req)?;
+        let id = caller.identity.agent_id.clone();
+        self.enrolled(&id)?;
+        let reports = req.into_inner();
+        let (tx, rx) = mpsc::channel(SESSION_QUEUE);
+        let session = self.shared.fleet.join(
+            &id,
+            Online {
+                last_seen_ms: crate::now_ms(),
+                policy_version: 0,
+                session: 0,
+            },
+        );
+        tracing::info!(agent = %id, "session opened");
+        let shared = self.shared.clone();
+        self.shared
+            .tasks
+            .spawn(run_session(shared, id, session, reports, tx));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
     async fn get_manifest(

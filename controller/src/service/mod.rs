@@ -1,13 +1,17 @@
 //! The controller's gRPC services: [`agent_control`] for agents
-//! (enrollment, renewal), [`admin`] for operators.
+//! (enrollment, renewal, sessions), [`admin`] for operators.
 
 pub mod admin;
 pub mod agent_control;
 
 use std::sync::Arc;
 
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
 use crate::ca::FleetCa;
 use crate::config::ControllerConfig;
+use crate::fleet::Fleet;
 use crate::state::{State, StateError};
 
 /// What every service shares.
@@ -16,6 +20,10 @@ pub struct Shared {
     pub config: ControllerConfig,
     pub state: State,
     pub ca: FleetCa,
+    pub fleet: Fleet,
+    /// Owns per-session tasks; they stop on `cancel`.
+    pub tasks: TaskTracker,
+    pub cancel: CancellationToken,
 }
 
 pub type SharedRef = Arc<Shared>;

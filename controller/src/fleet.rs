@@ -1,0 +1,92 @@
+//! Who is online right now: one entry per open agent session, plus a
+//! change signal. Sessions watch the signal and send every agent a fresh
+//! roster and revocation list when something changed. In memory only:
+//! after a restart agents reconnect and report again.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use tokio::sync::watch;
+
+/// One online agent, as its session reported it.
+#[derive(Debug, Clone)]
+pub struct Online {
+    pub last_seen_ms: i64,
+    pub policy_version: u64,
+    /// Distinguishes a reconnect from the session it replaced.
+    pub session: u64,
+}
+
+/// The online agents and the fleet's change counter.
+#[derive(Debug)]
+pub struct Fleet {
+    online: Mutex<HashMap<String, Online>>,
+    changed: watch::Sender<u64>,
+    next_session: std::sync::atomic::AtomicU64,
+}
+
+impl Default for Fleet {
+    fn default() -> Self {
+        Self {
+            online: Mutex::default(),
+            changed: watch::channel(0).0,
+            next_session: 1.into(),
+        }
+    }
+}
+
+impl Fleet {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Online>> {
+        self.online.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Tells every session that the roster or the revocations changed.
+    pub fn bump(&self) {
+        self.changed.send_modify(|g| *g += 1);
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
+    /// Marks `agent` online; returns its session number.
+    pub fn join(&self, agent: &str, mut entry: Online) -> u64 {
+        let session = self
+            .next_session
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        entry.session = session;
+        self.lock().insert(agent.to_owned(), entry);
+        self.bump();
+        session
+    }
+
+    /// Updates what `agent` reported; `f` says whether sessions need to
+    /// hear of it.
+    pub fn report(&self, agent: &str, session: u64, f: impl FnOnce(&mut Online) -> bool) {
+        let changed = match self.lock().get_mut(agent) {
+            Some(e) if e.session == session => f(e),
+            _ => false,
+        };
+        if changed {
+            self.bump();
+        }
+    }
+
+    /// Marks `agent` offline, unless a newer session replaced this one.
+    pub fn leave(&self, agent: &str, session: u64) {
+        let removed = {
+            let mut online = self.lock();
+            match online.get(agent) {
+                Some(e) if e.session == session => online.remove(agent).is_some(),
+                _ => false,
+            }
+        };
+        if removed {
+            self.bump();
+        }
+    }
+
+    pub fn get(&self, agent: &str) -> Option<Online> {
+        self.lock().get(agent).cloned()
+    }
+}
