@@ -19,6 +19,7 @@ use tokio_util::task::TaskTracker;
 use tonic::transport::Server;
 
 use crate::config::AgentConfig;
+use crate::control::policy::{Baseline, PolicyApplier};
 use crate::control::{self, ControlTask, SessionState};
 use crate::discovery::{self, PeerTable, mdns};
 use crate::enroll::controller_client_config;
@@ -204,10 +205,30 @@ impl Agent {
             }
         });
 
-        // The controller session.
+        // Transfers (resumed below, once the saved policy is in force).
+        let transfers = transfers::start(ctx.clone(), config.limits.max_concurrent_downloads);
+
+        // The controller session (after transfers: its policy sets their
+        // concurrency).
         let controller = match (&config.controller, controller_tls) {
             (Some(settings), Some(tls)) => {
                 let state = Arc::new(SessionState::default());
+                let policy = Arc::new(PolicyApplier::new(
+                    ctx.clone(),
+                    transfers.clone(),
+                    Baseline {
+                        upload_rate: config.limits.upload_rate,
+                        download_rate: config.limits.download_rate,
+                        max_concurrent_downloads: config.limits.max_concurrent_downloads,
+                        cache_quota: config.limits.cache_quota,
+                        trusted: config.trusted_publishers.clone(),
+                    },
+                ));
+                // The last policy, until the controller sends one.
+                if let Some(p) = control::persist::load_all(&config.data_dir).policy {
+                    policy.apply(p).await;
+                }
+                policy.spawn_clock();
                 ControlTask {
                     ctx: ctx.clone(),
                     settings: settings.clone(),
@@ -216,6 +237,7 @@ impl Agent {
                     advertise: config.advertise.clone(),
                     listen,
                     state: state.clone(),
+                    policy,
                 }
                 .spawn();
                 Some(state)
@@ -223,8 +245,7 @@ impl Agent {
             _ => None,
         };
 
-        // Transfers, resuming what was downloading before a restart.
-        let transfers = transfers::start(ctx.clone(), config.limits.max_concurrent_downloads);
+        // Resume what was downloading before a restart.
         for pkg in ctx.store.list() {
             let r = pkg.record();
             if r.state == PackageState::Downloading {

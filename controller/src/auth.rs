@@ -19,6 +19,9 @@ pub enum Action {
     ListAgents,
     RevokeAgent,
     QueryAudit,
+    ApplyPolicy,
+    GetPolicy,
+    Backup,
 }
 
 impl Action {
@@ -28,12 +31,15 @@ impl Action {
             Action::ListAgents => "agents.list",
             Action::RevokeAgent => "agents.revoke",
             Action::QueryAudit => "audit.query",
+            Action::ApplyPolicy => "policy.apply",
+            Action::GetPolicy => "policy.get",
+            Action::Backup => "backup",
         }
     }
 
     /// Reads only: open to viewers and publishers too.
     fn read_only(self) -> bool {
-        matches!(self, Action::ListAgents)
+        matches!(self, Action::ListAgents | Action::GetPolicy)
     }
 }
 

@@ -13,17 +13,22 @@
 //! - [`tokens`]: join tokens: groups, expiry, uses.
 //! - [`fleet`]: which agents are online, and the signal that sends them
 //!   a fresh roster and revocation list.
+//! - [`policy`]: policy documents (YAML): validation, and each agent's
+//!   effective policy.
 //! - [`auth`]: who is calling (from the client certificate) and what each
 //!   role may do; every admin call lands in the audit log.
 //! - [`service`]: the gRPC services, agent-facing and admin-facing.
+//! - [`backup`]: consistent backups of state and CA, and restore.
 //! - [`tls`]: TLS for the server (client certificates optional, because
 //!   enrolling agents have none yet) and for admin clients.
 //! - [`server`]: start-up, the accept loop and graceful shutdown.
 
 pub mod auth;
+pub mod backup;
 pub mod ca;
 pub mod config;
 pub mod fleet;
+pub mod policy;
 pub mod server;
 pub mod service;
 pub mod state;

@@ -28,6 +28,9 @@ pub enum StateError {
     TokenUsedUp,
 }
 
+/// Every tree's records by tree name: what a backup holds.
+pub type Trees = Vec<(String, Vec<(Vec<u8>, Vec<u8>)>)>;
+
 /// A join token as stored: only the token's hash is kept.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TokenRecord {
@@ -83,10 +86,27 @@ pub struct AuditEntry {
 #[derive(Debug, Clone)]
 pub struct State {
     db: sled::Db,
+    /// Writers hold it shared; a backup holds it exclusively for the
+    /// moment it copies the trees, so the copy is one consistent state.
+    gate: std::sync::Arc<tokio::sync::RwLock<()>>,
     tokens: sled::Tree,
     agents: sled::Tree,
     audit: sled::Tree,
+    policies: sled::Tree,
+    meta: sled::Tree,
 }
+
+/// A stored policy document: its YAML as applied, what it says, and the
+/// policy version that stored it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StoredPolicy {
+    pub yaml: String,
+    pub doc: crate::policy::PolicyDoc,
+    pub version: u64,
+}
+
+/// Key of the fleet's policy version in the meta tree (u64, big-endian).
+const POLICY_VERSION_KEY: &[u8] = b"policy_version";
 
 fn decode<T: DeserializeOwned>(key: &[u8], v: &[u8]) -> Result<T, StateError> {
     serde_json::from_slice(v).map_err(|cause| StateError::Corrupt {
@@ -114,8 +134,45 @@ impl State {
             tokens: db.open_tree("tokens-1")?,
             agents: db.open_tree("agents-1")?,
             audit: db.open_tree("audit-1")?,
+            policies: db.open_tree("policies-1")?,
+            meta: db.open_tree("meta-1")?,
             db,
+            gate: Default::default(),
         })
+    }
+
+    /// Every tree's contents at one instant: writers wait while it copies.
+    pub async fn snapshot(&self) -> Result<Trees, StateError> {
+        let _exclusive = self.gate.write().await;
+        let mut out = Vec::new();
+        for name in self.db.tree_names() {
+            let tree = self.db.open_tree(&name)?;
+            let kvs = tree
+                .iter()
+                .map(|kv| kv.map(|(k, v)| (k.to_vec(), v.to_vec())))
+                .collect::<Result<Vec<_>, _>>()?;
+            out.push((String::from_utf8_lossy(&name).into_owned(), kvs));
+        }
+        Ok(out)
+    }
+
+    /// Writes `trees` into a new database at `dir` (for restore).
+    pub fn create_from(dir: &Path, trees: &Trees) -> Result<(), StateError> {
+        let db = sled::Config::new()
+            .path(dir)
+            .open()
+            .map_err(|cause| StateError::Open {
+                dir: dir.to_owned(),
+                cause,
+            })?;
+        for (name, kvs) in trees {
+            let tree = db.open_tree(name)?;
+            for (k, v) in kvs {
+                tree.insert(k.as_slice(), v.as_slice())?;
+            }
+        }
+        db.flush()?;
+        Ok(())
     }
 
     /// Makes every change so far durable; call before acknowledging one.
@@ -125,12 +182,14 @@ impl State {
     }
 
     pub async fn put_token(&self, hash: &str, rec: &TokenRecord) -> Result<(), StateError> {
+        let _writing = self.gate.read().await;
         self.tokens.insert(hash, encode(rec))?;
         self.flush().await
     }
 
     /// Uses a token once: checks expiry and uses, atomically.
     pub async fn consume_token(&self, hash: &str, now_ms: i64) -> Result<TokenRecord, StateError> {
+        let _writing = self.gate.read().await;
         loop {
             let Some(old) = self.tokens.get(hash)? else {
                 return Err(StateError::TokenUnknown);
@@ -167,6 +226,7 @@ impl State {
         want: &str,
         mut rec: AgentRecord,
     ) -> Result<AgentRecord, StateError> {
+        let _writing = self.gate.read().await;
         for n in 1u32.. {
             let id = if n == 1 {
                 want.to_owned()
@@ -189,6 +249,7 @@ impl State {
     }
 
     pub async fn put_agent(&self, rec: &AgentRecord) -> Result<(), StateError> {
+        let _writing = self.gate.read().await;
         self.agents.insert(&rec.agent_id, encode(rec))?;
         self.flush().await
     }
@@ -205,6 +266,7 @@ impl State {
 
     /// Appends to the audit log, durably.
     pub async fn audit(&self, entry: &AuditEntry) -> Result<(), StateError> {
+        let _writing = self.gate.read().await;
         // Time-ordered keys; the id breaks ties within a millisecond.
         let mut key = (entry.at_ms as u64).to_be_bytes().to_vec();
         key.extend_from_slice(&self.db.generate_id()?.to_be_bytes());
@@ -233,5 +295,68 @@ impl State {
             }
         }
         Ok(out)
+    }
+
+    /// The fleet's policy version: bumped by every apply, 0 before any.
+    pub fn policy_version(&self) -> Result<u64, StateError> {
+        Ok(self
+            .meta
+            .get(POLICY_VERSION_KEY)?
+            .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
+            .map_or(0, u64::from_be_bytes))
+    }
+
+    /// Stores `docs` (replacing documents of the same name) under a new
+    /// policy version, all at once and durably; returns the version.
+    pub async fn apply_policies(
+        &self,
+        docs: &[(String, crate::policy::PolicyDoc)],
+    ) -> Result<u64, StateError> {
+        let _writing = self.gate.read().await;
+        use sled::Transactional;
+        let version = (&self.policies, &self.meta)
+            .transaction(|(policies, meta)| {
+                let version = meta
+                    .get(POLICY_VERSION_KEY)?
+                    .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
+                    .map_or(0, u64::from_be_bytes)
+                    + 1;
+                for (yaml, doc) in docs {
+                    let rec = StoredPolicy {
+                        yaml: yaml.clone(),
+                        doc: doc.clone(),
+                        version,
+                    };
+                    policies.insert(doc.name.as_bytes(), encode(&rec))?;
+                }
+                meta.insert(POLICY_VERSION_KEY, &version.to_be_bytes())?;
+                Ok(version)
+            })
+            .map_err(|e: sled::transaction::TransactionError<()>| match e {
+                sled::transaction::TransactionError::Storage(e) => StateError::Db(e),
+                sled::transaction::TransactionError::Abort(()) => StateError::Db(
+                    sled::Error::Unsupported("policy transaction aborted".into()),
+                ),
+            })?;
+        self.flush().await?;
+        Ok(version)
+    }
+
+    /// Every stored policy document, by name.
+    pub fn policies(&self) -> Result<Vec<StoredPolicy>, StateError> {
+        self.policies
+            .iter()
+            .map(|kv| {
+                let (k, v) = kv?;
+                decode(&k, &v)
+            })
+            .collect()
+    }
+
+    pub fn policy(&self, name: &str) -> Result<Option<StoredPolicy>, StateError> {
+        self.policies
+            .get(name)?
+            .map(|v| decode(name.as_bytes(), &v))
+            .transpose()
     }
 }

@@ -23,6 +23,13 @@ pub struct ControllerProcess {
 impl ControllerProcess {
     /// Writes a config under `dir` (loopback, free port) and starts it.
     pub fn start(dir: &Path) -> Self {
+        let mut c = Self::configure(dir);
+        c.restart();
+        c
+    }
+
+    /// Writes a config under `dir` (loopback, free port); does not start.
+    pub fn configure(dir: &Path) -> Self {
         std::fs::create_dir_all(dir).expect("mkdir");
         let addr = format!("127.0.0.1:{}", free_port());
         let config = dir.join("controller.yaml");
@@ -34,14 +41,12 @@ impl ControllerProcess {
             ),
         )
         .expect("write config");
-        let mut c = Self {
+        Self {
             dir: dir.to_owned(),
             config,
             addr,
             child: None,
-        };
-        c.restart();
-        c
+        }
     }
 
     /// (Re)starts the process; returns once admin calls are answered.

@@ -7,10 +7,12 @@
 //! `Status` every `controller.status_interval`, and applies what comes
 //! back: revocations replace the deny list (configured entries plus
 //! revoked agent ids and serials) and drop pooled connections to revoked
-//! peers; the roster becomes the peer table's `roster` entries. Policy,
-//! assignments and withdrawals are not applied yet (logged at debug).
+//! peers; the roster becomes the peer table's `roster` entries; the policy
+//! goes to [`policy::PolicyApplier`] and its version is reported in
+//! `Hello` and `Status`. Assignments and withdrawals are not applied yet
+//! (logged at debug).
 //!
-//! The last revocations and roster are saved under `<data_dir>/controller/`
+//! The last revocations, roster and policy are saved under `<data_dir>/controller/`
 //! ([`persist`]) and applied at start by [`restore`], before the swarm
 //! serves, so an agent restarted while the controller is down still
 //! refuses revoked peers. A lost session is retried with jittered
@@ -18,6 +20,7 @@
 
 pub mod apply;
 pub mod persist;
+pub mod policy;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
@@ -154,6 +157,8 @@ pub struct ControlTask {
     /// The swarm service's bound address.
     pub listen: SocketAddr,
     pub state: Arc<SessionState>,
+    /// Applies the controller's policy (the saved one already applied).
+    pub policy: Arc<policy::PolicyApplier>,
 }
 
 impl ControlTask {
@@ -213,7 +218,7 @@ impl ControlTask {
         let hello = pb::agent_report::Report::Hello(pb::Hello {
             agent_version: env!("CARGO_PKG_VERSION").into(),
             listen_addrs: listen_addrs.clone(),
-            policy_version: 0,
+            policy_version: self.policy.version(),
         });
         if tx
             .try_send(pb::AgentReport {
@@ -244,7 +249,7 @@ impl ControlTask {
                     }
                 }
                 msg = updates.message() => match msg {
-                    Ok(Some(u)) => self.apply(u),
+                    Ok(Some(u)) => self.apply(u, &tx).await,
                     Ok(None) => return SessionError::Closed,
                     Err(s) => return SessionError::Broken(status_text(&s)),
                 },
@@ -252,7 +257,7 @@ impl ControlTask {
         }
     }
 
-    fn apply(&self, update: pb::ControllerUpdate) {
+    async fn apply(&self, update: pb::ControllerUpdate, tx: &mpsc::Sender<pb::AgentReport>) {
         self.state.updates.fetch_add(1, Ordering::Relaxed);
         let ctx = &self.ctx;
         let data_dir = ctx.store.data_dir();
@@ -280,7 +285,12 @@ impl ControlTask {
                 save(data_dir, persist::ROSTER_FILE, &r);
             }
             Some(Update::Policy(p)) => {
-                tracing::debug!(version = p.version, "controller policy: not applied yet")
+                save(data_dir, persist::POLICY_FILE, &p);
+                self.policy.apply(p).await;
+                // Report the new version at once, not at the next tick.
+                if tx.try_send(self.status_report()).is_err() {
+                    tracing::debug!("controller not reading; status report skipped");
+                }
             }
             Some(Update::Assignments(a)) => tracing::debug!(
                 assignments = a.assignments.len(),
@@ -304,7 +314,7 @@ impl ControlTask {
                 .iter()
                 .map(|p| crate::local_api::package_status(p))
                 .collect(),
-            policy_version: 0,
+            policy_version: self.policy.version(),
             bytes_from_peers: load(&ctx.counters.received_from_peers),
             bytes_from_origin: load(&ctx.counters.received_from_origin),
             bytes_sent: load(&ctx.counters.sent),

@@ -1,4 +1,4 @@
-//! The last revocations and roster from the controller, kept under
+//! The last revocations, roster and policy from the controller, kept under
 //! `<data_dir>/controller/` as protobuf so a restart applies them before
 //! the controller is reachable again. Each file is replaced atomically.
 
@@ -12,6 +12,7 @@ use shoal_proto::pb;
 pub const DIR: &str = "controller";
 pub const REVOCATIONS_FILE: &str = "revocations.pb";
 pub const ROSTER_FILE: &str = "roster.pb";
+pub const POLICY_FILE: &str = "policy.pb";
 
 /// Why a saved message could not be read or written.
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +36,7 @@ pub enum PersistError {
 pub struct Saved {
     pub revocations: Option<pb::Revocations>,
     pub roster: Option<pb::Roster>,
+    pub policy: Option<pb::Policy>,
 }
 
 pub fn path(data_dir: &Path, file: &str) -> PathBuf {
@@ -88,6 +90,7 @@ pub fn load_all(data_dir: &Path) -> Saved {
     Saved {
         revocations: or_warn(load(data_dir, REVOCATIONS_FILE)),
         roster: or_warn(load(data_dir, ROSTER_FILE)),
+        policy: or_warn(load(data_dir, POLICY_FILE)),
     }
 }
 

@@ -23,6 +23,18 @@ const EXIT_UNAVAILABLE: u8 = 69;
 const EXIT_NOPERM: u8 = 77;
 /// EX_CONFIG
 const EXIT_CONFIG: u8 = 78;
+/// EX_DATAERR: `apply` refused the policy file (validation failed).
+const EXIT_BAD_POLICY: u8 = 65;
+/// EX_NOINPUT: the policy file could not be read.
+const EXIT_NOINPUT: u8 = 66;
+
+/// The file given to `apply -f` could not be read.
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: {cause}")]
+struct PolicyFileError {
+    path: String,
+    cause: std::io::Error,
+}
 
 #[derive(Debug, Parser)]
 #[command(
@@ -72,6 +84,31 @@ enum Cmd {
     /// Enrolled agents.
     #[command(subcommand)]
     Agents(AgentsCmd),
+    /// Write a consistent backup of the running controller (state and CA,
+    /// including the CA key: keep it safe) to FILE (mode 0600).
+    Backup {
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Rebuild the configured data directory from a backup (controller
+    /// stopped; the directory must hold no state yet).
+    Restore {
+        #[arg(long)]
+        from: PathBuf,
+    },
+    /// Apply policy documents (YAML, several separated by `---`):
+    /// validated in full first, then stored under a new policy version.
+    Apply {
+        /// The policy file; `-` reads standard input.
+        #[arg(long = "file", short = 'f')]
+        file: PathBuf,
+        /// Validate and report only; store nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Show stored objects.
+    #[command(subcommand)]
+    Get(GetCmd),
     /// Query the audit log.
     Audit {
         /// Only entries of this actor.
@@ -82,6 +119,17 @@ enum Cmd {
         since: Option<String>,
         #[arg(long, default_value_t = 100)]
         limit: u32,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum GetCmd {
+    /// A policy document by name, or every document and the fleet's
+    /// policy version.
+    Policy {
+        /// The document's name (not `name`: `--name` is the identity's).
+        #[arg(value_name = "NAME")]
+        document: Option<String>,
     },
 }
 
@@ -158,6 +206,7 @@ fn main() -> ExitCode {
             init_logging(&config.log_level);
             runtime.block_on(serve(config))
         }
+        Cmd::Restore { from } => restore(&from, &config.data_dir, args.json),
         Cmd::CaFingerprint => match std::fs::read_to_string(config.data_dir.join("ca/ca.pem")) {
             Ok(pem) => match fingerprint_of(&pem) {
                 Some(f) => {
@@ -181,6 +230,7 @@ fn main() -> ExitCode {
             }
         },
         cmd => runtime.block_on(async {
+            let applying = matches!(cmd, Cmd::Apply { .. });
             match admin(
                 &args.controller,
                 &args.identity,
@@ -194,9 +244,11 @@ fn main() -> ExitCode {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     let code = match e.downcast_ref::<tonic::Status>().map(tonic::Status::code) {
+                        _ if e.downcast_ref::<PolicyFileError>().is_some() => EXIT_NOINPUT,
                         Some(tonic::Code::PermissionDenied | tonic::Code::Unauthenticated) => {
                             EXIT_NOPERM
                         }
+                        Some(tonic::Code::InvalidArgument) if applying => EXIT_BAD_POLICY,
                         Some(tonic::Code::InvalidArgument | tonic::Code::NotFound) => EXIT_USAGE,
                         _ => EXIT_UNAVAILABLE,
                     };
@@ -208,6 +260,47 @@ fn main() -> ExitCode {
                 }
             }
         }),
+    }
+}
+
+/// EX_DATAERR: the input is not what it should be.
+const EXIT_DATAERR: u8 = 65;
+/// EX_CANTCREAT
+const EXIT_CANTCREAT: u8 = 73;
+
+fn restore(from: &std::path::Path, data_dir: &std::path::Path, json: bool) -> ExitCode {
+    use shoal_controller::backup::{BackupError, restore};
+    let bytes = match std::fs::read(from) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("shoal-controller: {}: {e}", from.display());
+            return ExitCode::from(66);
+        }
+    };
+    match restore(&bytes, data_dir) {
+        Ok(r) => {
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"data_dir": data_dir, "records": r.records, "trees": r.trees, "backup_created_unix_ms": r.created_unix_ms})
+                );
+            } else {
+                println!(
+                    "restored {} records in {} trees into {}",
+                    r.records,
+                    r.trees,
+                    data_dir.display()
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("shoal-controller: restore: {e}");
+            ExitCode::from(match e {
+                BackupError::Invalid(_) => EXIT_DATAERR,
+                _ => EXIT_CANTCREAT,
+            })
+        }
     }
 }
 
@@ -326,6 +419,7 @@ async fn admin(
                             "agent_id": a.agent_id, "groups": a.groups, "hostname": a.hostname,
                             "revoked": a.revoked, "online": a.online, "last_seen_unix_ms": a.last_seen_unix_ms, "certificate_serial": a.certificate_serial,
                             "certificate_expires_unix_ms": a.certificate_expires_unix_ms,
+                            "policy_version": a.policy_version,
                         })
                     })
                     .collect();
@@ -393,7 +487,91 @@ async fn admin(
                 }
             }
         }
-        Cmd::Serve | Cmd::CheckConfig | Cmd::CaFingerprint => {}
+        Cmd::Backup { out } => {
+            use tokio::io::AsyncWriteExt;
+            let tmp = out.with_extension("partial");
+            let mut opts = tokio::fs::OpenOptions::new();
+            opts.write(true).create(true).truncate(true);
+            #[cfg(unix)]
+            opts.mode(0o600);
+            let mut file = opts
+                .open(&tmp)
+                .await
+                .with_context(|| format!("{}", tmp.display()))?;
+            let mut stream = client.backup(pb::BackupRequest {}).await?.into_inner();
+            let mut bytes = 0u64;
+            while let Some(chunk) = stream.message().await? {
+                bytes += chunk.data.len() as u64;
+                file.write_all(&chunk.data)
+                    .await
+                    .with_context(|| format!("{}", tmp.display()))?;
+            }
+            file.sync_all()
+                .await
+                .with_context(|| format!("{}", tmp.display()))?;
+            tokio::fs::rename(&tmp, &out)
+                .await
+                .with_context(|| format!("{}", out.display()))?;
+            if json {
+                println!("{}", serde_json::json!({"file": out, "bytes": bytes}));
+            } else {
+                println!("wrote {} ({bytes} bytes)", out.display());
+            }
+        }
+        Cmd::Apply { file, dry_run } => {
+            let yaml = read_policy_file(&file)?;
+            let r = client
+                .apply_policy(pb::ApplyPolicyRequest { yaml, dry_run })
+                .await?
+                .into_inner();
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"version": r.version, "applied": r.applied, "dry_run": dry_run})
+                );
+            } else if dry_run {
+                println!("valid: {} (nothing stored)", r.applied.join(", "));
+            } else {
+                println!(
+                    "applied {} as policy version {}",
+                    r.applied.join(", "),
+                    r.version
+                );
+            }
+        }
+        Cmd::Get(GetCmd::Policy { document }) => {
+            let r = client
+                .get_policy(pb::GetPolicyRequest {
+                    name: document.unwrap_or_default(),
+                })
+                .await?
+                .into_inner();
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"version": r.version, "yaml": r.yaml})
+                );
+            } else {
+                println!("# policy version {}\n{}", r.version, r.yaml);
+            }
+        }
+        Cmd::Serve | Cmd::CheckConfig | Cmd::CaFingerprint | Cmd::Restore { .. } => {}
     }
     Ok(())
+}
+
+/// The text of `apply -f FILE` (`-`: standard input).
+fn read_policy_file(file: &std::path::Path) -> Result<String, PolicyFileError> {
+    let err = |cause| PolicyFileError {
+        path: file.display().to_string(),
+        cause,
+    };
+    if file.as_os_str() == "-" {
+        use std::io::Read;
+        let mut s = String::new();
+        std::io::stdin().read_to_string(&mut s).map_err(err)?;
+        Ok(s)
+    } else {
+        std::fs::read_to_string(file).map_err(err)
+    }
 }

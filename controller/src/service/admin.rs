@@ -54,6 +54,9 @@ fn agent_info(a: AgentRecord, online: Option<Online>) -> pb::AgentInfo {
     }
 }
 
+/// Backup bytes per streamed message.
+const BACKUP_CHUNK: usize = 1 << 20;
+
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 fn not_yet(what: &str) -> Status {
@@ -159,16 +162,39 @@ impl pb::admin_server::Admin for AdminService {
 
     async fn apply_policy(
         &self,
-        _req: Request<pb::ApplyPolicyRequest>,
+        req: Request<pb::ApplyPolicyRequest>,
     ) -> Result<Response<pb::ApplyPolicyResponse>, Status> {
-        Err(not_yet("policy"))
+        let r = req.get_ref().clone();
+        let target = if r.dry_run { "dry-run" } else { "" }.to_owned();
+        let shared = &self.shared;
+        audited(
+            &shared.state,
+            &req,
+            Action::ApplyPolicy,
+            target,
+            |_| async move {
+                super::policies::apply(shared, &r.yaml, r.dry_run)
+                    .await
+                    .map(Response::new)
+            },
+        )
+        .await
     }
 
     async fn get_policy(
         &self,
-        _req: Request<pb::GetPolicyRequest>,
+        req: Request<pb::GetPolicyRequest>,
     ) -> Result<Response<pb::GetPolicyResponse>, Status> {
-        Err(not_yet("policy"))
+        let name = req.get_ref().name.clone();
+        let shared = &self.shared;
+        audited(
+            &shared.state,
+            &req,
+            Action::GetPolicy,
+            name.clone(),
+            |_| async move { super::policies::get(shared, &name).map(Response::new) },
+        )
+        .await
     }
 
     async fn register_package(
@@ -248,8 +274,29 @@ impl pb::admin_server::Admin for AdminService {
 
     async fn backup(
         &self,
-        _req: Request<pb::BackupRequest>,
+        req: Request<pb::BackupRequest>,
     ) -> Result<Response<Self::BackupStream>, Status> {
-        Err(not_yet("backup"))
+        let shared = &self.shared;
+        let data = audited(
+            &shared.state,
+            &req,
+            Action::Backup,
+            String::new(),
+            |_| async move {
+                crate::backup::create(&shared.state, &shared.config.data_dir)
+                    .await
+                    .map_err(|e| Status::internal(format!("backup: {e}")))
+            },
+        )
+        .await?;
+        let chunks: Vec<Result<pb::BackupChunk, Status>> = data
+            .chunks(BACKUP_CHUNK)
+            .map(|c| {
+                Ok(pb::BackupChunk {
+                    data: bytes::Bytes::copy_from_slice(c),
+                })
+            })
+            .collect();
+        Ok(Response::new(Box::pin(tokio_stream::iter(chunks))))
     }
 }

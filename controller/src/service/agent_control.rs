@@ -133,8 +133,8 @@ fn roster(shared: &Shared, except: &str) -> Result<pb::Roster, Status> {
     Ok(pb::Roster { peers })
 }
 
-/// One agent's session: sends the current roster and revocations, again
-/// whenever the fleet changes, and takes the agent's reports. Ends when
+/// One agent's session: sends its effective policy, the current roster and
+/// revocations, again (each only if it changed) whenever the fleet changes, and takes the agent's reports. Ends when
 /// the agent hangs up, is revoked, or the controller stops.
 async fn run_session(
     shared: SharedRef,
@@ -145,7 +145,7 @@ async fn run_session(
 ) {
     let mut changed = shared.fleet.subscribe();
     changed.mark_changed();
-    let (mut sent_revocations, mut sent_roster) = (None, None);
+    let (mut sent_revocations, mut sent_roster, mut sent_policy) = (None, None, None);
     let why = loop {
         tokio::select! {
             _ = shared.cancel.cancelled() => break "controller shutting down".to_owned(),
@@ -165,7 +165,19 @@ async fn run_session(
                     Ok(r) => r,
                     Err(e) => break e.message().to_owned(),
                 };
+                let policy = match shared.state.agent(&id) {
+                    Ok(Some(rec)) => match super::policies::effective_for(&shared, &rec) {
+                        Ok(p) => p,
+                        Err(e) => break e.message().to_owned(),
+                    },
+                    Ok(None) => break "agent no longer enrolled".to_owned(),
+                    Err(e) => break e.to_string(),
+                };
                 let mut updates = Vec::new();
+                if sent_policy.as_ref() != Some(&policy) {
+                    updates.push(pb::controller_update::Update::Policy(policy.clone()));
+                    sent_policy = Some(policy);
+                }
                 if sent_revocations.as_ref() != Some(&revoked) {
                     updates.push(pb::controller_update::Update::Revocations(revoked.clone()));
                     sent_revocations = Some(revoked);

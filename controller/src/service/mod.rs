@@ -1,8 +1,10 @@
 //! The controller's gRPC services: [`agent_control`] for agents
-//! (enrollment, renewal, sessions), [`admin`] for operators.
+//! (enrollment, renewal, sessions), [`admin`] for operators, [`policies`]
+//! for the policy calls and each agent's effective policy.
 
 pub mod admin;
 pub mod agent_control;
+pub mod policies;
 
 use std::sync::Arc;
 
