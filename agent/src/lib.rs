@@ -17,6 +17,7 @@ pub mod enroll;
 pub mod events;
 pub mod limits;
 pub mod local_api;
+pub mod signal;
 pub mod store;
 pub mod swarm;
 pub mod transfers;

@@ -3,12 +3,12 @@
 //! `shoal-agent enroll`.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use shoal_agent::config::TlsPaths;
 
-use crate::process::free_port;
+use crate::process::{free_port, spawn_ready};
 use crate::{Run, bin};
 
 /// One controller process on loopback.
@@ -51,38 +51,13 @@ impl ControllerProcess {
 
     /// (Re)starts the process; returns once admin calls are answered.
     pub fn restart(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.join("controller.log"))
-            .expect("log file");
-        let child = Command::new(bin("shoal-controller"))
-            .arg("--config")
-            .arg(&self.config)
-            .arg("serve")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn shoal-controller");
+        let mut cmd = Command::new(bin("shoal-controller"));
+        cmd.arg("--config").arg(&self.config).arg("serve");
+        let log = self.dir.join("controller.log");
+        let child = spawn_ready(cmd, &log, "the controller", || {
+            self.cli(&["agents", "list"]).code == 0
+        });
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if self.cli(&["agents", "list"]).code == 0 {
-                return;
-            }
-            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
-                panic!(
-                    "the controller exited at start ({status}); log:\n{}",
-                    self.log()
-                );
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the controller did not come up; log:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
     }
 
     /// SIGKILL: no chance to flush.
@@ -182,4 +157,37 @@ pub fn enroll(
         .unwrap_or_else(|e| panic!("running shoal-agent enroll: {e}"))
         .into();
     (run, tls)
+}
+
+/// Starts an agent with identity `tls` that keeps a session with `ctl`
+/// (status every second).
+pub fn start_agent(
+    pki: &crate::swarm::Pki,
+    ctl: &ControllerProcess,
+    id: &str,
+    dir: &Path,
+    tls: TlsPaths,
+) -> crate::process::AgentProcess {
+    crate::process::AgentProcess::start_with(
+        pki,
+        id,
+        dir,
+        crate::process::AgentOptions {
+            tls: Some(tls),
+            extra: format!("controller:\n  url: {}\n  status_interval: 1s\n", ctl.addr),
+            ..Default::default()
+        },
+    )
+}
+
+/// Polls `check` every 200 ms until it holds; panics after `limit`.
+pub fn wait_until(what: &str, limit: Duration, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !check() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }

@@ -91,6 +91,40 @@ pub struct AgentOptions {
     pub tls: Option<TlsPaths>,
 }
 
+/// Spawns `cmd` with stderr appended to `log` and polls `ready` every
+/// 100 ms; panics with the log if the process exits first or 30 s pass.
+pub fn spawn_ready(
+    mut cmd: Command,
+    log: &Path,
+    what: &str,
+    mut ready: impl FnMut() -> bool,
+) -> Child {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .expect("log file");
+    let mut child = cmd
+        .stdout(Stdio::null())
+        .stderr(file)
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawning {what}: {e}"));
+    let read_log = || std::fs::read_to_string(log).unwrap_or_default();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !ready() {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("{what} exited at start ({status}); log:\n{}", read_log());
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not come up; log:\n{}",
+            read_log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    child
+}
+
 /// One `shoal-agent` process.
 #[derive(Debug)]
 pub struct AgentProcess {
@@ -173,11 +207,6 @@ impl AgentProcess {
 
     /// (Re)starts the process and waits until its control socket answers.
     pub fn restart(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.join("agent.log"))
-            .expect("log file");
         let mut cmd = match &self.netns {
             Some(ns) => {
                 let mut c = Command::new("ip");
@@ -186,35 +215,10 @@ impl AgentProcess {
             }
             None => Command::new(bin("shoal-agent")),
         };
-        let child = cmd
-            .args(["--config"])
-            .arg(&self.config)
-            .arg("run")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn shoal-agent");
+        cmd.args(["--config"]).arg(&self.config).arg("run");
+        let log = self.dir.join("agent.log");
+        let child = spawn_ready(cmd, &log, &self.id, || self.shoal(&["status"]).code == 0);
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if self.shoal(&["status"]).code == 0 {
-                return;
-            }
-            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
-                panic!(
-                    "{} exited at start ({status}); log:\n{}",
-                    self.id,
-                    self.log()
-                );
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{} did not come up; log:\n{}",
-                self.id,
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
     }
 
     /// SIGKILL: no chance to flush or clean up.

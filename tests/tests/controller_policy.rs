@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use shoal_agent::config::TlsPaths;
 use shoal_proto::chunking::ChunkingSpec;
-use shoal_tests::controller::{ControllerProcess, enroll};
-use shoal_tests::process::{AgentOptions, AgentProcess};
+use shoal_tests::controller::{ControllerProcess, enroll, start_agent, wait_until};
+use shoal_tests::process::AgentProcess;
 use shoal_tests::swarm::Pki;
 
 fn enrolled(ctl: &ControllerProcess, group: &str, host: &str, dir: &Path) -> TlsPaths {
@@ -21,27 +21,7 @@ fn enrolled(ctl: &ControllerProcess, group: &str, host: &str, dir: &Path) -> Tls
 
 fn start(pki: &Pki, ctl: &ControllerProcess, id: &str, work: &Path, group: &str) -> AgentProcess {
     let tls = enrolled(ctl, group, id, &work.join(format!("{id}-id")));
-    AgentProcess::start_with(
-        pki,
-        id,
-        &work.join(id),
-        AgentOptions {
-            tls: Some(tls),
-            extra: format!("controller:\n  url: {}\n  status_interval: 1s\n", ctl.addr),
-            ..Default::default()
-        },
-    )
-}
-
-fn wait_until(what: &str, limit: Duration, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !check() {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {limit:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    start_agent(pki, ctl, id, &work.join(id), tls)
 }
 
 /// `agent_id` -> (online, policy_version).

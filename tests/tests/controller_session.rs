@@ -9,39 +9,13 @@ use std::time::{Duration, Instant};
 
 use shoal_agent::config::TlsPaths;
 use shoal_proto::chunking::ChunkingSpec;
-use shoal_tests::controller::{ControllerProcess, enroll};
-use shoal_tests::process::{AgentOptions, AgentProcess};
+use shoal_tests::controller::{ControllerProcess, enroll, start_agent, wait_until};
 use shoal_tests::swarm::{Pki, tree_hashes};
 
 fn enrolled(ctl: &ControllerProcess, token: &str, fp: &str, host: &str, dir: &Path) -> TlsPaths {
     let (run, tls) = enroll(&ctl.addr, token, fp, host, dir);
     assert_eq!(run.code, 0, "{host}: {}{}", run.stdout, run.stderr);
     tls
-}
-
-fn start(pki: &Pki, ctl: &ControllerProcess, id: &str, dir: &Path, tls: TlsPaths) -> AgentProcess {
-    AgentProcess::start_with(
-        pki,
-        id,
-        dir,
-        AgentOptions {
-            tls: Some(tls),
-            extra: format!("controller:\n  url: {}\n  status_interval: 1s\n", ctl.addr),
-            ..Default::default()
-        },
-    )
-}
-
-/// Polls `check` every 200 ms until it holds or `limit` passes.
-fn wait_until(what: &str, limit: Duration, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !check() {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {limit:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
 }
 
 fn online(ctl: &ControllerProcess) -> Vec<String> {
@@ -70,21 +44,21 @@ fn roster_discovery_revocation_and_running_without_the_controller() {
     let mut tls = ["seed", "pc", "victim"]
         .map(|h| enrolled(&ctl, &token, &fp, h, &work.path().join(format!("{h}-id"))))
         .into_iter();
-    let seed = start(
+    let seed = start_agent(
         &pki,
         &ctl,
         "seed",
         &work.path().join("seed"),
         tls.next().expect("tls"),
     );
-    let mut pc = start(
+    let mut pc = start_agent(
         &pki,
         &ctl,
         "pc",
         &work.path().join("pc"),
         tls.next().expect("tls"),
     );
-    let victim = start(
+    let victim = start_agent(
         &pki,
         &ctl,
         "victim",

@@ -85,26 +85,6 @@ fn init_logging(config: &AgentConfig) {
     }
 }
 
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = tokio::signal::ctrl_c().await;
-}
-
 fn main() -> ExitCode {
     shoal_agent::alloc_tuning::tune();
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -143,7 +123,7 @@ fn main() -> ExitCode {
                 return ExitCode::from(EXIT_START);
             }
         };
-        shutdown_signal().await;
+        shoal_agent::signal::shutdown_signal().await;
         agent.shutdown().await;
         ExitCode::SUCCESS
     })

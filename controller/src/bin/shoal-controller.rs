@@ -320,30 +320,10 @@ async fn serve(config: ControllerConfig) -> ExitCode {
             return ExitCode::from(EXIT_UNAVAILABLE);
         }
     };
-    shutdown_signal().await;
+    shoal_agent::signal::shutdown_signal().await;
     tracing::info!("shutting down");
     controller.shutdown().await;
     ExitCode::SUCCESS
-}
-
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = tokio::signal::ctrl_c().await;
 }
 
 async fn admin(
