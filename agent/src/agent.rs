@@ -137,11 +137,15 @@ impl Agent {
             settings: config.swarm.clone(),
             events: Events::new(),
             deny,
+            access: Default::default(),
             counters: Counters::default(),
             local_addrs: local_addrs.clone(),
             tasks: tasks.clone(),
             cancel: cancel.clone(),
         });
+        if config.controller.is_some() {
+            control::restore_access(&config.data_dir, &ctx.access);
+        }
 
         // Swarm service.
         let incoming = tls_incoming(listener, server_tls, cancel.clone(), &tasks);
@@ -238,6 +242,9 @@ impl Agent {
                     listen,
                     state: state.clone(),
                     policy,
+                    transfers: transfers.clone(),
+                    seq: Default::default(),
+                    assignment_errors: Default::default(),
                 }
                 .spawn();
                 Some(state)

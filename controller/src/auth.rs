@@ -3,7 +3,8 @@
 //! Callers are named by their client certificate (verified by TLS against
 //! the fleet CA): agent certificates carry an agent id and groups, admin
 //! certificates carry roles. Roles: `admin` may do everything; `viewer`
-//! may read; `publisher` may read and manage packages in its namespaces.
+//! may read; `publisher` may read and register or withdraw packages in the
+//! namespaces that name it (checked by [`crate::service::catalog`]).
 //! Every admin call is written to the audit log with its outcome, refused
 //! ones included.
 
@@ -22,6 +23,13 @@ pub enum Action {
     ApplyPolicy,
     GetPolicy,
     Backup,
+    RegisterPackage,
+    WithdrawPackage,
+    SearchCatalog,
+    SetNamespace,
+    ListNamespaces,
+    Assign,
+    RolloutStatus,
 }
 
 impl Action {
@@ -34,12 +42,32 @@ impl Action {
             Action::ApplyPolicy => "policy.apply",
             Action::GetPolicy => "policy.get",
             Action::Backup => "backup",
+            Action::RegisterPackage => "package.register",
+            Action::WithdrawPackage => "package.withdraw",
+            Action::SearchCatalog => "catalog.search",
+            Action::SetNamespace => "namespace.set",
+            Action::ListNamespaces => "namespace.list",
+            Action::Assign => "rollout.assign",
+            Action::RolloutStatus => "rollout.status",
         }
     }
 
     /// Reads only: open to viewers and publishers too.
     fn read_only(self) -> bool {
-        matches!(self, Action::ListAgents | Action::GetPolicy)
+        matches!(
+            self,
+            Action::ListAgents
+                | Action::GetPolicy
+                | Action::SearchCatalog
+                | Action::ListNamespaces
+                | Action::RolloutStatus
+        )
+    }
+
+    /// Package calls: open to publishers, who are then held to the
+    /// namespaces that list them.
+    fn publishing(self) -> bool {
+        matches!(self, Action::RegisterPackage | Action::WithdrawPackage)
     }
 }
 
@@ -71,6 +99,10 @@ impl Caller {
         self.identity.roles.join(",")
     }
 
+    pub fn is_admin(&self) -> bool {
+        self.has_role("admin")
+    }
+
     fn has_role(&self, role: &str) -> bool {
         self.identity.roles.iter().any(|r| r == role)
     }
@@ -78,6 +110,7 @@ impl Caller {
     pub fn may(&self, action: Action) -> bool {
         self.has_role("admin")
             || (action.read_only() && (self.has_role("viewer") || self.has_role("publisher")))
+            || (action.publishing() && self.has_role("publisher"))
     }
 }
 

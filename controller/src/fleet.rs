@@ -1,6 +1,6 @@
 //! Who is online right now: one entry per open agent session, plus a
-//! change signal. Sessions watch the signal and send every agent a fresh
-//! roster and revocation list when something changed. In memory only:
+//! change signal. Sessions watch the signal and send every agent what
+//! changed for it (see [`crate::view`]). In memory only:
 //! after a restart agents reconnect and report again.
 
 use std::collections::HashMap;
@@ -9,10 +9,13 @@ use std::sync::Mutex;
 use tokio::sync::watch;
 
 /// One online agent, as its session reported it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Online {
     pub last_seen_ms: i64,
     pub policy_version: u64,
+    /// Counters from its last status report.
+    pub bytes_from_peers: u64,
+    pub bytes_from_origin: u64,
     /// Distinguishes a reconnect from the session it replaced.
     pub session: u64,
 }
@@ -45,6 +48,11 @@ impl Fleet {
         self.changed.send_modify(|g| *g += 1);
     }
 
+    /// The change counter now.
+    pub fn generation(&self) -> u64 {
+        *self.changed.borrow()
+    }
+
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.changed.subscribe()
     }
@@ -56,7 +64,6 @@ impl Fleet {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         entry.session = session;
         self.lock().insert(agent.to_owned(), entry);
-        self.bump();
         session
     }
 
@@ -73,17 +80,21 @@ impl Fleet {
     }
 
     /// Marks `agent` offline, unless a newer session replaced this one.
+    /// Sessions need not hear of it: what they send lists agents online or
+    /// not.
     pub fn leave(&self, agent: &str, session: u64) {
-        let removed = {
-            let mut online = self.lock();
-            match online.get(agent) {
-                Some(e) if e.session == session => online.remove(agent).is_some(),
-                _ => false,
-            }
-        };
-        if removed {
-            self.bump();
+        let mut online = self.lock();
+        if online.get(agent).is_some_and(|e| e.session == session) {
+            online.remove(agent);
         }
+    }
+
+    /// Every online agent.
+    pub fn online(&self) -> Vec<(String, Online)> {
+        self.lock()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
     }
 
     pub fn get(&self, agent: &str) -> Option<Online> {

@@ -11,6 +11,8 @@
 //! - [`ca`]: the fleet CA (created on first start, or imported), the
 //!   controller's own certificate and the first admin identity.
 //! - [`tokens`]: join tokens: groups, expiry, uses.
+//! - [`rollout`]: assignments wave by wave, and where each agent stands.
+//! - [`view`]: what sessions send, computed once per fleet change.
 //! - [`fleet`]: which agents are online, and the signal that sends them
 //!   a fresh roster and revocation list.
 //! - [`policy`]: policy documents (YAML): validation, and each agent's
@@ -29,11 +31,13 @@ pub mod ca;
 pub mod config;
 pub mod fleet;
 pub mod policy;
+pub mod rollout;
 pub mod server;
 pub mod service;
 pub mod state;
 pub mod tls;
 pub mod tokens;
+pub mod view;
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {

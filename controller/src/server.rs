@@ -58,6 +58,7 @@ impl Controller {
             })
         })?;
         let state = State::open(&config.data_dir.join("state"))?;
+        let rollouts = crate::rollout::Rollouts::load(&state)?;
         let ca = FleetCa::open(&config.data_dir, config.ca.as_ref())?;
         ca.bootstrap_admin(&config.data_dir, config.admin_cert_validity)?;
         let tls = server_config(ca.cert_der(), ca.server_identity()?)?;
@@ -79,6 +80,8 @@ impl Controller {
             state,
             ca,
             fleet: Fleet::default(),
+            rollouts,
+            views: Default::default(),
             tasks: tasks.clone(),
             cancel: cancel.clone(),
         });

@@ -32,6 +32,7 @@ impl pb::swarm_server::Swarm for Evil {
         Ok(Response::new(pb::GetManifestResponse {
             content_id: bytes::Bytes::copy_from_slice(self.signed.content_id().as_bytes()),
             manifest: Some(self.signed.to_pb()),
+            allowed_groups: Vec::new(),
         }))
     }
 

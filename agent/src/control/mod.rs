@@ -9,16 +9,21 @@
 //! revoked agent ids and serials) and drop pooled connections to revoked
 //! peers; the roster becomes the peer table's `roster` entries; the policy
 //! goes to [`policy::PolicyApplier`] and its version is reported in
-//! `Hello` and `Status`. Assignments and withdrawals are not applied yet
-//! (logged at debug).
+//! `Hello` and `Status`; package restrictions and withdrawals go to the
+//! swarm's [`crate::swarm::access`] (withdrawn packages not pinned are
+//! removed); assignments are fetched ([`assign`]): the manifest from the
+//! controller, verified against the trusted publishers, the content from
+//! the swarm. Each status report carries a sequence number the controller
+//! acknowledges.
 //!
-//! The last revocations, roster and policy are saved under `<data_dir>/controller/`
-//! ([`persist`]) and applied at start by [`restore`], before the swarm
-//! serves, so an agent restarted while the controller is down still
+//! The last revocations, roster, policy, restrictions and withdrawals are
+//! saved under `<data_dir>/controller/` ([`persist`]) and applied at start
+//! by [`restore`] and [`restore_access`], before the swarm serves, so an agent restarted while the controller is down still
 //! refuses revoked peers. A lost session is retried with jittered
 //! exponential backoff from 1 s up to `controller.reconnect_max`.
 
 pub mod apply;
+pub mod assign;
 pub mod persist;
 pub mod policy;
 
@@ -143,6 +148,18 @@ pub fn restore(
     }
 }
 
+/// Applies the saved package restrictions and withdrawals, if any. Call at
+/// start, before the swarm serves.
+pub fn restore_access(data_dir: &Path, access: &crate::swarm::access::PackageAccess) {
+    let saved = persist::load_all(data_dir);
+    if let Some(a) = &saved.acls {
+        access.set_acls(a);
+    }
+    if let Some(w) = &saved.withdrawals {
+        access.set_withdrawn(w);
+    }
+}
+
 /// The session task: what it needs, and where it reports its state.
 #[derive(Debug)]
 pub struct ControlTask {
@@ -159,6 +176,12 @@ pub struct ControlTask {
     pub state: Arc<SessionState>,
     /// Applies the controller's policy (the saved one already applied).
     pub policy: Arc<policy::PolicyApplier>,
+    /// Where assigned packages are queued.
+    pub transfers: crate::transfers::Transfers,
+    /// Numbers status reports.
+    pub seq: AtomicU64,
+    /// Assignments that could not start, reported as failed.
+    pub assignment_errors: assign::AssignmentErrors,
 }
 
 impl ControlTask {
@@ -229,6 +252,7 @@ impl ControlTask {
             return SessionError::Closed;
         }
         let mut client = AgentControlClient::new(channel).max_decoding_message_size(MAX_UPDATE);
+        let manifests = client.clone();
         let mut updates =
             match tokio::time::timeout(OPEN_TIMEOUT, client.session(ReceiverStream::new(rx))).await
             {
@@ -249,7 +273,7 @@ impl ControlTask {
                     }
                 }
                 msg = updates.message() => match msg {
-                    Ok(Some(u)) => self.apply(u, &tx).await,
+                    Ok(Some(u)) => self.apply(u, &tx, &manifests).await,
                     Ok(None) => return SessionError::Closed,
                     Err(s) => return SessionError::Broken(status_text(&s)),
                 },
@@ -257,7 +281,12 @@ impl ControlTask {
         }
     }
 
-    async fn apply(&self, update: pb::ControllerUpdate, tx: &mpsc::Sender<pb::AgentReport>) {
+    async fn apply(
+        &self,
+        update: pb::ControllerUpdate,
+        tx: &mpsc::Sender<pb::AgentReport>,
+        manifests: &AgentControlClient<tonic::transport::Channel>,
+    ) {
         self.state.updates.fetch_add(1, Ordering::Relaxed);
         let ctx = &self.ctx;
         let data_dir = ctx.store.data_dir();
@@ -292,14 +321,27 @@ impl ControlTask {
                     tracing::debug!("controller not reading; status report skipped");
                 }
             }
-            Some(Update::Assignments(a)) => tracing::debug!(
-                assignments = a.assignments.len(),
-                "controller assignments: not applied yet"
-            ),
-            Some(Update::Withdrawals(w)) => tracing::debug!(
-                withdrawals = w.content_ids.len(),
-                "controller withdrawals: not applied yet"
-            ),
+            Some(Update::Assignments(a)) => {
+                assign::apply(ctx, &self.transfers, manifests, &self.assignment_errors, &a).await;
+                if tx.try_send(self.status_report()).is_err() {
+                    tracing::debug!("controller not reading; status report skipped");
+                }
+            }
+            Some(Update::Acls(a)) => {
+                ctx.access.set_acls(&a);
+                tracing::info!(
+                    restricted = a.acls.len(),
+                    "controller package restrictions applied"
+                );
+                save(data_dir, persist::ACLS_FILE, &a);
+            }
+            Some(Update::Withdrawals(w)) => {
+                save(data_dir, persist::WITHDRAWALS_FILE, &w);
+                for id in ctx.access.set_withdrawn(&w) {
+                    assign::withdraw(ctx, &self.transfers, &id).await;
+                }
+            }
+            Some(Update::Ack(a)) => tracing::trace!(seq = a.seq, "status acknowledged"),
             None => tracing::debug!("empty controller update ignored"),
         }
     }
@@ -320,6 +362,8 @@ impl ControlTask {
             bytes_sent: load(&ctx.counters.sent),
             cache_bytes_used: ctx.store.used_bytes(),
             peers_connected: u32::try_from(ctx.pool.connected_peers()).unwrap_or(u32::MAX),
+            seq: self.seq.fetch_add(1, Ordering::Relaxed) + 1,
+            assignment_errors: self.assignment_errors.reported(&ctx.store),
         };
         pb::AgentReport {
             report: Some(pb::agent_report::Report::Status(status)),

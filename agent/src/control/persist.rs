@@ -1,4 +1,5 @@
-//! The last revocations, roster and policy from the controller, kept under
+//! The last revocations, roster, policy, package restrictions and
+//! withdrawals from the controller, kept under
 //! `<data_dir>/controller/` as protobuf so a restart applies them before
 //! the controller is reachable again. Each file is replaced atomically.
 
@@ -13,6 +14,8 @@ pub const DIR: &str = "controller";
 pub const REVOCATIONS_FILE: &str = "revocations.pb";
 pub const ROSTER_FILE: &str = "roster.pb";
 pub const POLICY_FILE: &str = "policy.pb";
+pub const ACLS_FILE: &str = "acls.pb";
+pub const WITHDRAWALS_FILE: &str = "withdrawals.pb";
 
 /// Why a saved message could not be read or written.
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +40,8 @@ pub struct Saved {
     pub revocations: Option<pb::Revocations>,
     pub roster: Option<pb::Roster>,
     pub policy: Option<pb::Policy>,
+    pub acls: Option<pb::PackageAcls>,
+    pub withdrawals: Option<pb::Withdrawals>,
 }
 
 pub fn path(data_dir: &Path, file: &str) -> PathBuf {
@@ -91,6 +96,8 @@ pub fn load_all(data_dir: &Path) -> Saved {
         revocations: or_warn(load(data_dir, REVOCATIONS_FILE)),
         roster: or_warn(load(data_dir, ROSTER_FILE)),
         policy: or_warn(load(data_dir, POLICY_FILE)),
+        acls: or_warn(load(data_dir, ACLS_FILE)),
+        withdrawals: or_warn(load(data_dir, WITHDRAWALS_FILE)),
     }
 }
 

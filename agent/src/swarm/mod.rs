@@ -8,6 +8,7 @@
 //! dials and caches peer connections; [`resolve`] finds and verifies a
 //! manifest among peers.
 
+pub mod access;
 pub mod download;
 pub mod picker;
 pub mod pool;
@@ -58,6 +59,8 @@ pub struct SwarmContext {
     pub settings: SwarmSettings,
     pub events: Events,
     pub deny: Arc<DenyList>,
+    /// Restricted and withdrawn packages, from the controller.
+    pub access: access::PackageAccess,
     pub counters: Counters,
     /// This host's addresses, to prefer peers on the same subnet.
     pub local_addrs: Vec<IpAddr>,

@@ -126,6 +126,25 @@ impl SwarmService {
         Ok(id)
     }
 
+    /// The package, if `caller` may have it (see [`super::access`]).
+    fn package_for(&self, caller: &Identity, content_id: &[u8]) -> Result<Arc<Package>, Status> {
+        let pkg = self.package(content_id)?;
+        self.allowed(caller, &pkg)?;
+        Ok(pkg)
+    }
+
+    fn allowed(&self, caller: &Identity, pkg: &Package) -> Result<(), Status> {
+        self.ctx.access.check(&pkg.id, caller).map_err(|e| {
+            tracing::warn!(peer = %caller.agent_id, package = %pkg.name_version(), "refused: {e}");
+            match e {
+                super::access::AccessError::Withdrawn(_) => Status::not_found(e.to_string()),
+                super::access::AccessError::Restricted { .. } => {
+                    Status::permission_denied(e.to_string())
+                }
+            }
+        })
+    }
+
     fn package(&self, content_id: &[u8]) -> Result<Arc<Package>, Status> {
         let id = ContentId::from_slice(content_id)
             .ok_or_else(|| Status::invalid_argument("content_id must be 32 bytes"))?;
@@ -153,7 +172,7 @@ impl pb::swarm_server::Swarm for SwarmService {
         &self,
         req: Request<pb::GetManifestRequest>,
     ) -> Result<Response<pb::GetManifestResponse>, Status> {
-        self.caller(&req)?;
+        let caller = self.caller(&req)?;
         let reference = req
             .into_inner()
             .package
@@ -177,9 +196,11 @@ impl pb::swarm_server::Swarm for SwarmService {
             }
             pb::package_ref::Ref::ContentId(id) => self.package(&id)?,
         };
+        self.allowed(&caller, &pkg)?;
         Ok(Response::new(pb::GetManifestResponse {
             content_id: bytes::Bytes::copy_from_slice(pkg.id.as_bytes()),
             manifest: Some(pkg.signed.to_pb()),
+            allowed_groups: Vec::new(),
         }))
     }
 
@@ -189,8 +210,8 @@ impl pb::swarm_server::Swarm for SwarmService {
         &self,
         req: Request<pb::WatchAvailabilityRequest>,
     ) -> Result<Response<Self::WatchAvailabilityStream>, Status> {
-        self.caller(&req)?;
-        let pkg = self.package(&req.get_ref().content_id)?;
+        let caller = self.caller(&req)?;
+        let pkg = self.package_for(&caller, &req.get_ref().content_id)?;
         // Subscribe before the snapshot so no update falls between them.
         let mut updates = pkg.subscribe_have();
         let first = snapshot(&pkg);
@@ -241,7 +262,7 @@ impl pb::swarm_server::Swarm for SwarmService {
     ) -> Result<Response<Self::FetchChunksStream>, Status> {
         let caller = self.caller(&req)?;
         let r = req.into_inner();
-        let pkg = self.package(&r.content_id)?;
+        let pkg = self.package_for(&caller, &r.content_id)?;
         if r.chunks.is_empty() {
             return Err(Status::invalid_argument("no chunks requested"));
         }
@@ -342,7 +363,7 @@ impl pb::swarm_server::Swarm for SwarmService {
         &self,
         req: Request<pb::SearchRequest>,
     ) -> Result<Response<pb::SearchResponse>, Status> {
-        self.caller(&req)?;
+        let caller = self.caller(&req)?;
         let r = req.into_inner();
         let text = r.text.to_lowercase();
         let limit = if r.limit == 0 { 100 } else { r.limit.min(1000) } as usize;
@@ -352,6 +373,7 @@ impl pb::swarm_server::Swarm for SwarmService {
             .list()
             .into_iter()
             .filter(|p| text.is_empty() || p.name_version().to_lowercase().contains(&text))
+            .filter(|p| self.ctx.access.check(&p.id, &caller).is_ok())
             .take(limit)
             .map(|p| summary(&p))
             .collect();

@@ -59,12 +59,6 @@ const BACKUP_CHUNK: usize = 1 << 20;
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
-fn not_yet(what: &str) -> Status {
-    Status::unimplemented(format!(
-        "{what} is not served by this controller version yet"
-    ))
-}
-
 #[tonic::async_trait]
 impl pb::admin_server::Admin for AdminService {
     async fn create_token(
@@ -199,37 +193,145 @@ impl pb::admin_server::Admin for AdminService {
 
     async fn register_package(
         &self,
-        _req: Request<pb::RegisterPackageRequest>,
+        req: Request<pb::RegisterPackageRequest>,
     ) -> Result<Response<pb::RegisterPackageResponse>, Status> {
-        Err(not_yet("the package catalog"))
+        let r = req.get_ref().clone();
+        let target = r
+            .manifest
+            .as_ref()
+            .and_then(|m| {
+                shoal_proto::SignedManifest::from(m.clone())
+                    .manifest_unverified()
+                    .ok()
+            })
+            .map(|m| m.name_version())
+            .unwrap_or_else(|| "(unreadable manifest)".into());
+        let shared = &self.shared;
+        audited(
+            &shared.state,
+            &req,
+            Action::RegisterPackage,
+            target,
+            |caller| async move {
+                super::catalog::register(shared, &caller, r)
+                    .await
+                    .map(Response::new)
+            },
+        )
+        .await
     }
 
     async fn withdraw_package(
         &self,
-        _req: Request<pb::WithdrawPackageRequest>,
+        req: Request<pb::WithdrawPackageRequest>,
     ) -> Result<Response<pb::WithdrawPackageResponse>, Status> {
-        Err(not_yet("the package catalog"))
+        let package = req.get_ref().package.clone();
+        let shared = &self.shared;
+        audited(
+            &shared.state,
+            &req,
+            Action::WithdrawPackage,
+            package.clone(),
+            |caller| async move {
+                super::catalog::withdraw(shared, &caller, &package)
+                    .await
+                    .map(Response::new)
+            },
+        )
+        .await
     }
 
     async fn search_catalog(
         &self,
-        _req: Request<pb::SearchCatalogRequest>,
+        req: Request<pb::SearchCatalogRequest>,
     ) -> Result<Response<pb::SearchCatalogResponse>, Status> {
-        Err(not_yet("the package catalog"))
+        let r = req.get_ref().clone();
+        let shared = &self.shared;
+        audited(
+            &shared.state,
+            &req,
+            Action::SearchCatalog,
+            r.text.clone(),
+            |_| async move {
+                let entries = super::catalog::search(shared, &r)?;
+                Ok(Response::new(pb::SearchCatalogResponse { entries }))
+            },
+        )
+        .await
+    }
+
+    async fn set_namespace(
+        &self,
+        req: Request<pb::SetNamespaceRequest>,
+    ) -> Result<Response<pb::SetNamespaceResponse>, Status> {
+        let ns = req.get_ref().namespace.clone().unwrap_or_default();
+        let shared = &self.shared;
+        audited(
+            &shared.state,
+            &req,
+            Action::SetNamespace,
+            ns.name.clone(),
+            |_| async move {
+                super::catalog::set_namespace(shared, ns).await?;
+                Ok(Response::new(pb::SetNamespaceResponse {}))
+            },
+        )
+        .await
+    }
+
+    async fn list_namespaces(
+        &self,
+        req: Request<pb::ListNamespacesRequest>,
+    ) -> Result<Response<pb::ListNamespacesResponse>, Status> {
+        let shared = &self.shared;
+        audited(
+            &shared.state,
+            &req,
+            Action::ListNamespaces,
+            String::new(),
+            |_| async move {
+                let namespaces = super::catalog::list_namespaces(shared)?;
+                Ok(Response::new(pb::ListNamespacesResponse { namespaces }))
+            },
+        )
+        .await
     }
 
     async fn assign(
         &self,
-        _req: Request<pb::AssignRequest>,
+        req: Request<pb::AssignRequest>,
     ) -> Result<Response<pb::AssignResponse>, Status> {
-        Err(not_yet("rollouts"))
+        let r = req.get_ref().clone();
+        let target = format!("{} to {}", r.package, r.group);
+        let shared = &self.shared;
+        audited(
+            &shared.state,
+            &req,
+            Action::Assign,
+            target,
+            |caller| async move {
+                super::rollouts::assign(shared, &caller, r)
+                    .await
+                    .map(Response::new)
+            },
+        )
+        .await
     }
 
     async fn rollout_status(
         &self,
-        _req: Request<pb::RolloutStatusRequest>,
+        req: Request<pb::RolloutStatusRequest>,
     ) -> Result<Response<pb::RolloutStatusResponse>, Status> {
-        Err(not_yet("rollouts"))
+        let r = req.get_ref().clone();
+        let shared = &self.shared;
+        audited(
+            &shared.state,
+            &req,
+            Action::RolloutStatus,
+            r.package.clone(),
+            |_| async move { super::rollouts::status(shared, &r).map(Response::new) },
+        )
+        .await
     }
 
     async fn query_audit(

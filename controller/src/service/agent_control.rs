@@ -19,6 +19,7 @@ use crate::auth::Caller;
 use crate::fleet::Online;
 use crate::state::{AgentRecord, StateError};
 use crate::tokens::token_hash;
+use crate::view::FleetView;
 
 /// Serves agents.
 #[derive(Debug, Clone)]
@@ -98,44 +99,76 @@ type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 /// (the agent reconnects and gets the current state).
 const SESSION_QUEUE: usize = 16;
 
-/// The revocation list as agents get it: revoked ids and their serials.
-fn revocations(shared: &Shared) -> Result<pb::Revocations, Status> {
-    let mut r = pb::Revocations::default();
-    for a in shared.state.agents().map_err(internal)? {
-        if a.revoked.is_some() {
-            r.agent_ids.push(a.agent_id);
-            if !a.serial.is_empty() {
-                r.serials.push(a.serial);
-            }
+/// After a change, a session waits this long before reading the fleet, so
+/// a burst of changes (agents enrolling, reporting addresses) costs each
+/// session one update, not one per change.
+const SESSION_COALESCE: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// What one session last sent, so it sends only what changed.
+#[derive(Debug, Default)]
+struct Sent {
+    policy: Option<pb::Policy>,
+    revocations: Option<pb::Revocations>,
+    roster: Option<pb::Roster>,
+    assignments: Option<pb::Assignments>,
+    acls: Option<pb::PackageAcls>,
+    withdrawals: Option<pb::Withdrawals>,
+}
+
+impl Sent {
+    /// The updates `view` calls for that were not sent yet; `Err` ends the
+    /// session with the reason.
+    fn updates(
+        &mut self,
+        view: &FleetView,
+        id: &str,
+    ) -> Result<Vec<pb::controller_update::Update>, String> {
+        use pb::controller_update::Update;
+        if view.revocations.agent_ids.iter().any(|a| a == id) {
+            return Err("revoked".into());
         }
+        let Some(rec) = view.agents.get(id) else {
+            return Err("agent no longer enrolled".into());
+        };
+        let mut out = Vec::new();
+        let policy = view.policy_for(rec);
+        if self.policy.as_ref() != Some(&policy) {
+            out.push(Update::Policy(policy.clone()));
+            self.policy = Some(policy);
+        }
+        if self.revocations.as_ref() != Some(&view.revocations) {
+            out.push(Update::Revocations(view.revocations.clone()));
+            self.revocations = Some(view.revocations.clone());
+        }
+        let roster = view.roster_for(rec);
+        if self.roster.as_ref() != Some(&roster) {
+            out.push(Update::Roster(roster.clone()));
+            self.roster = Some(roster);
+        }
+        // Restrictions and withdrawals before assignments: an agent must
+        // know whom it may serve before it holds the package.
+        if self.acls.as_ref() != Some(&view.acls) {
+            out.push(Update::Acls(view.acls.clone()));
+            self.acls = Some(view.acls.clone());
+        }
+        if self.withdrawals.as_ref() != Some(&view.withdrawals) {
+            out.push(Update::Withdrawals(view.withdrawals.clone()));
+            self.withdrawals = Some(view.withdrawals.clone());
+        }
+        let assignments = view.assignments.get(id).cloned().unwrap_or_default();
+        if self.assignments.as_ref() != Some(&assignments) {
+            out.push(Update::Assignments(assignments.clone()));
+            self.assignments = Some(assignments);
+        }
+        Ok(out)
     }
-    Ok(r)
 }
 
-/// Every other enrolled, unrevoked agent that has reported where it
-/// listens, online or not: agents keep trying offline ones, and a restarted
-/// controller hands out a full roster before anyone has reconnected.
-fn roster(shared: &Shared, except: &str) -> Result<pb::Roster, Status> {
-    let mut peers: Vec<pb::RosterPeer> = shared
-        .state
-        .agents()
-        .map_err(internal)?
-        .into_iter()
-        .filter(|a| a.agent_id != except && a.revoked.is_none() && !a.addrs.is_empty())
-        .map(|a| pb::RosterPeer {
-            agent_id: a.agent_id,
-            addrs: a.addrs,
-            cert_fingerprint: a.fingerprint,
-            groups: a.groups,
-        })
-        .collect();
-    peers.sort_by(|a, b| a.agent_id.cmp(&b.agent_id));
-    Ok(pb::Roster { peers })
-}
-
-/// One agent's session: sends its effective policy, the current roster and
-/// revocations, again (each only if it changed) whenever the fleet changes, and takes the agent's reports. Ends when
-/// the agent hangs up, is revoked, or the controller stops.
+/// One agent's session: sends its effective policy, revocations, roster,
+/// package restrictions, withdrawals and assignments, again (each only if
+/// it changed) whenever the fleet changes, and takes the agent's reports,
+/// acknowledging each status. Ends when the agent hangs up, is revoked, or
+/// the controller stops.
 async fn run_session(
     shared: SharedRef,
     id: String,
@@ -145,7 +178,8 @@ async fn run_session(
 ) {
     let mut changed = shared.fleet.subscribe();
     changed.mark_changed();
-    let (mut sent_revocations, mut sent_roster, mut sent_policy) = (None, None, None);
+    let mut sent = Sent::default();
+    let mut first = true;
     let why = loop {
         tokio::select! {
             _ = shared.cancel.cancelled() => break "controller shutting down".to_owned(),
@@ -153,50 +187,44 @@ async fn run_session(
                 if r.is_err() {
                     break "controller shutting down".to_owned();
                 }
-                let revoked = match revocations(&shared) {
-                    Ok(r) => r,
-                    Err(e) => break e.message().to_owned(),
-                };
-                if revoked.agent_ids.contains(&id) {
-                    let _ = tx.send(Err(Status::permission_denied(format!("agent {id} is revoked")))).await;
-                    break "revoked".to_owned();
-                }
-                let peers = match roster(&shared, &id) {
-                    Ok(r) => r,
-                    Err(e) => break e.message().to_owned(),
-                };
-                let policy = match shared.state.agent(&id) {
-                    Ok(Some(rec)) => match super::policies::effective_for(&shared, &rec) {
-                        Ok(p) => p,
-                        Err(e) => break e.message().to_owned(),
-                    },
-                    Ok(None) => break "agent no longer enrolled".to_owned(),
-                    Err(e) => break e.to_string(),
-                };
-                let mut updates = Vec::new();
-                if sent_policy.as_ref() != Some(&policy) {
-                    updates.push(pb::controller_update::Update::Policy(policy.clone()));
-                    sent_policy = Some(policy);
-                }
-                if sent_revocations.as_ref() != Some(&revoked) {
-                    updates.push(pb::controller_update::Update::Revocations(revoked.clone()));
-                    sent_revocations = Some(revoked);
-                }
-                if sent_roster.as_ref() != Some(&peers) {
-                    updates.push(pb::controller_update::Update::Roster(peers.clone()));
-                    sent_roster = Some(peers);
-                }
-                for u in updates {
-                    if tx.try_send(Ok(pb::ControllerUpdate { update: Some(u) })).is_err() {
-                        break;
+                if !first {
+                    tokio::select! {
+                        _ = shared.cancel.cancelled() => break "controller shutting down".to_owned(),
+                        _ = tokio::time::sleep(SESSION_COALESCE) => {}
                     }
                 }
-                if tx.is_closed() || tx.capacity() == 0 {
+                first = false;
+                let generation = *changed.borrow_and_update();
+                let view = match shared.views.get(&shared, generation) {
+                    Ok(v) => v,
+                    Err(e) => break e.message().to_owned(),
+                };
+                let updates = match sent.updates(&view, &id) {
+                    Ok(u) => u,
+                    Err(why) => {
+                        if why == "revoked" {
+                            let _ = tx.send(Err(Status::permission_denied(format!("agent {id} is revoked")))).await;
+                        }
+                        break why;
+                    }
+                };
+                if !send_all(&tx, updates) {
                     break "agent not reading its session".to_owned();
+                }
+                if view.generation < generation {
+                    // An older view, shared under load: come back for the new one.
+                    changed.mark_changed();
                 }
             }
             msg = reports.message() => match msg {
-                Ok(Some(report)) => apply_report(&shared, &id, session, report).await,
+                Ok(Some(report)) => {
+                    if let Some(seq) = apply_report(&shared, &id, session, report).await {
+                        let ack = pb::controller_update::Update::Ack(pb::StatusAck { seq });
+                        if !send_all(&tx, vec![ack]) {
+                            break "agent not reading its session".to_owned();
+                        }
+                    }
+                }
                 Ok(None) => break "agent closed the session".to_owned(),
                 Err(s) => break format!("{:?}: {}", s.code(), s.message()),
             },
@@ -206,7 +234,31 @@ async fn run_session(
     tracing::info!(agent = %id, "session ended: {why}");
 }
 
-async fn apply_report(shared: &Shared, id: &str, session: u64, report: pb::AgentReport) {
+/// Queues `updates` without waiting; false if the agent is not keeping up
+/// (the session then ends, and the agent reconnects to a fresh state).
+fn send_all(
+    tx: &mpsc::Sender<Result<pb::ControllerUpdate, Status>>,
+    updates: Vec<pb::controller_update::Update>,
+) -> bool {
+    for u in updates {
+        if tx
+            .try_send(Ok(pb::ControllerUpdate { update: Some(u) }))
+            .is_err()
+        {
+            return false;
+        }
+    }
+    !tx.is_closed()
+}
+
+/// Takes one report; returns the sequence number of a status report to
+/// acknowledge.
+async fn apply_report(
+    shared: &Shared,
+    id: &str,
+    session: u64,
+    report: pb::AgentReport,
+) -> Option<u64> {
     let now = crate::now_ms();
     match report.report {
         Some(pb::agent_report::Report::Hello(h)) => {
@@ -227,14 +279,47 @@ async fn apply_report(shared: &Shared, id: &str, session: u64, report: pb::Agent
                 Ok(_) => {}
                 Err(e) => tracing::error!(agent = %id, "reading the agent: {e}"),
             }
+            None
         }
-        Some(pb::agent_report::Report::Status(st)) => shared.fleet.report(id, session, |o| {
-            o.last_seen_ms = now;
-            o.policy_version = st.policy_version;
-            false
-        }),
-        None => {}
+        Some(pb::agent_report::Report::Status(st)) => {
+            shared.fleet.report(id, session, |o| {
+                o.last_seen_ms = now;
+                o.policy_version = st.policy_version;
+                o.bytes_from_peers = st.bytes_from_peers;
+                o.bytes_from_origin = st.bytes_from_origin;
+                false
+            });
+            if let Err(e) = track_rollouts(shared, id, &st, now).await {
+                tracing::error!(agent = %id, "recording rollout progress: {e}");
+            }
+            Some(st.seq)
+        }
+        None => None,
     }
+}
+
+/// Records where the agent stands in its rollouts and releases waves that
+/// became due.
+async fn track_rollouts(
+    shared: &Shared,
+    id: &str,
+    st: &pb::Status,
+    now: i64,
+) -> Result<(), StateError> {
+    let view = shared
+        .views
+        .get(shared, 0)
+        .map_err(|s| StateError::Db(sled::Error::Unsupported(s.message().to_owned())))?;
+    let Some(rec) = view.agents.get(id) else {
+        return Ok(());
+    };
+    if shared.rollouts.observe(&shared.state, rec, st, now).await? {
+        let agents: Vec<AgentRecord> = view.agents.values().cloned().collect();
+        if shared.rollouts.advance(&shared.state, &agents).await? {
+            shared.fleet.bump();
+        }
+    }
+    Ok(())
 }
 
 #[tonic::async_trait]
@@ -314,8 +399,7 @@ impl pb::agent_control_server::AgentControl for AgentControlService {
             &id,
             Online {
                 last_seen_ms: crate::now_ms(),
-                policy_version: 0,
-                session: 0,
+                ..Default::default()
             },
         );
         tracing::info!(agent = %id, "session opened");
@@ -328,11 +412,12 @@ impl pb::agent_control_server::AgentControl for AgentControlService {
 
     async fn get_manifest(
         &self,
-        _req: Request<pb::GetManifestRequest>,
+        req: Request<pb::GetManifestRequest>,
     ) -> Result<Response<pb::GetManifestResponse>, Status> {
-        Err(Status::unimplemented(
-            "the package catalog is not served by this controller version yet",
-        ))
+        let caller = Caller::of(&req)?;
+        self.enrolled(&caller.identity.agent_id)?;
+        super::catalog::manifest_for(&self.shared, &caller.identity, req.into_inner())
+            .map(Response::new)
     }
 }
 

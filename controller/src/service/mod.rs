@@ -1,10 +1,13 @@
 //! The controller's gRPC services: [`agent_control`] for agents
-//! (enrollment, renewal, sessions), [`admin`] for operators, [`policies`]
-//! for the policy calls and each agent's effective policy.
+//! (enrollment, renewal, sessions, manifests), [`admin`] for operators,
+//! [`policies`] for the policy calls and each agent's effective policy,
+//! [`catalog`] for registering, withdrawing and finding packages.
 
 pub mod admin;
 pub mod agent_control;
+pub mod catalog;
 pub mod policies;
+pub mod rollouts;
 
 use std::sync::Arc;
 
@@ -14,7 +17,9 @@ use tokio_util::task::TaskTracker;
 use crate::ca::FleetCa;
 use crate::config::ControllerConfig;
 use crate::fleet::Fleet;
+use crate::rollout::Rollouts;
 use crate::state::{State, StateError};
+use crate::view::Views;
 
 /// What every service shares.
 #[derive(Debug)]
@@ -23,6 +28,9 @@ pub struct Shared {
     pub state: State,
     pub ca: FleetCa,
     pub fleet: Fleet,
+    pub rollouts: Rollouts,
+    /// What sessions send, per fleet change.
+    pub views: Views,
     /// Owns per-session tasks; they stop on `cancel`.
     pub tasks: TaskTracker,
     pub cancel: CancellationToken,

@@ -15,6 +15,8 @@ use shoal_proto::pb;
 use shoal_proto::pb::admin_client::AdminClient;
 use shoal_proto::units::parse_duration;
 
+mod catalog;
+
 /// EX_USAGE
 const EXIT_USAGE: u8 = 64;
 /// EX_UNAVAILABLE: the controller could not start or be reached.
@@ -28,10 +30,10 @@ const EXIT_BAD_POLICY: u8 = 65;
 /// EX_NOINPUT: the policy file could not be read.
 const EXIT_NOINPUT: u8 = 66;
 
-/// The file given to `apply -f` could not be read.
+/// An input file (`apply -f`, a manifest) could not be read.
 #[derive(Debug, thiserror::Error)]
 #[error("{path}: {cause}")]
-struct PolicyFileError {
+pub(crate) struct InputFileError {
     path: String,
     cause: std::io::Error,
 }
@@ -109,6 +111,44 @@ enum Cmd {
     /// Show stored objects.
     #[command(subcommand)]
     Get(GetCmd),
+    /// Namespaces: who may publish what, and their quotas.
+    #[command(subcommand)]
+    Namespace(catalog::NamespaceCmd),
+    /// Register or withdraw packages in the catalog.
+    #[command(subcommand)]
+    Package(catalog::PackageCmd),
+    /// Search the catalog by name@version text and labels.
+    Catalog {
+        text: Option<String>,
+        /// Only packages with this label, key=value (repeatable).
+        #[arg(long = "label")]
+        labels: Vec<String>,
+    },
+    /// Assign a package to a group: its agents fetch it, wave by wave.
+    Assign {
+        /// name@version (or content id) of a registered package.
+        package: String,
+        #[arg(long)]
+        group: String,
+        /// Hold by this long from now (e.g. 12h); reported, not enforced.
+        #[arg(long)]
+        deadline: Option<String>,
+        /// Cumulative wave sizes (e.g. 5%,25%,100%); each starts when the
+        /// agents before it are done or failed.
+        #[arg(long, default_value = "100%")]
+        waves: String,
+        /// Pin the package on the agents (never evicted).
+        #[arg(long)]
+        pin: bool,
+    },
+    /// Rollout progress.
+    #[command(subcommand)]
+    Rollout(catalog::RolloutCmd),
+    /// Make an admin identity signed by the fleet CA (offline: reads the
+    /// CA key under the data directory) and write it to DIR as `ca.pem`,
+    /// `NAME.pem`, `NAME.key`; use it with `--identity DIR --name NAME`.
+    #[command(subcommand)]
+    Identity(IdentityCmd),
     /// Query the audit log.
     Audit {
         /// Only entries of this actor.
@@ -119,6 +159,20 @@ enum Cmd {
         since: Option<String>,
         #[arg(long, default_value_t = 100)]
         limit: u32,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum IdentityCmd {
+    Create {
+        /// The identity's name (its certificate's subject).
+        #[arg(long = "for")]
+        who: String,
+        /// admin, publisher or viewer (repeatable).
+        #[arg(long = "role", required = true)]
+        roles: Vec<String>,
+        #[arg(long)]
+        out: PathBuf,
     },
 }
 
@@ -207,6 +261,9 @@ fn main() -> ExitCode {
             runtime.block_on(serve(config))
         }
         Cmd::Restore { from } => restore(&from, &config.data_dir, args.json),
+        Cmd::Identity(IdentityCmd::Create { who, roles, out }) => {
+            identity_create(&config, &who, &roles, &out, args.json)
+        }
         Cmd::CaFingerprint => match std::fs::read_to_string(config.data_dir.join("ca/ca.pem")) {
             Ok(pem) => match fingerprint_of(&pem) {
                 Some(f) => {
@@ -231,6 +288,7 @@ fn main() -> ExitCode {
         },
         cmd => runtime.block_on(async {
             let applying = matches!(cmd, Cmd::Apply { .. });
+            let registering = matches!(cmd, Cmd::Package(catalog::PackageCmd::Register { .. }));
             match admin(
                 &args.controller,
                 &args.identity,
@@ -244,11 +302,17 @@ fn main() -> ExitCode {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     let code = match e.downcast_ref::<tonic::Status>().map(tonic::Status::code) {
-                        _ if e.downcast_ref::<PolicyFileError>().is_some() => EXIT_NOINPUT,
+                        _ if e.downcast_ref::<InputFileError>().is_some() => EXIT_NOINPUT,
                         Some(tonic::Code::PermissionDenied | tonic::Code::Unauthenticated) => {
                             EXIT_NOPERM
                         }
-                        Some(tonic::Code::InvalidArgument) if applying => EXIT_BAD_POLICY,
+                        Some(tonic::Code::InvalidArgument) if applying || registering => {
+                            EXIT_BAD_POLICY
+                        }
+                        Some(tonic::Code::ResourceExhausted | tonic::Code::AlreadyExists) => {
+                            EXIT_CANTCREAT
+                        }
+                        Some(tonic::Code::FailedPrecondition) => EXIT_USAGE,
                         Some(tonic::Code::InvalidArgument | tonic::Code::NotFound) => EXIT_USAGE,
                         _ => EXIT_UNAVAILABLE,
                     };
@@ -354,17 +418,7 @@ async fn admin(
             labels,
         }) => {
             let ttl = parse_duration(&ttl).context("--ttl")?;
-            let labels = labels
-                .iter()
-                .map(|l| {
-                    l.split_once('=')
-                        .map(|(k, v)| pb::Label {
-                            key: k.into(),
-                            value: v.into(),
-                        })
-                        .ok_or_else(|| anyhow::anyhow!("--label {l:?}: use key=value"))
-                })
-                .collect::<anyhow::Result<_>>()?;
+            let labels = parse_labels(&labels)?;
             let r = client
                 .create_token(pb::CreateTokenRequest {
                     groups,
@@ -535,14 +589,100 @@ async fn admin(
                 println!("# policy version {}\n{}", r.version, r.yaml);
             }
         }
-        Cmd::Serve | Cmd::CheckConfig | Cmd::CaFingerprint | Cmd::Restore { .. } => {}
+        Cmd::Namespace(c) => catalog::namespace(&mut client, json, c).await?,
+        Cmd::Package(c) => catalog::package(&mut client, json, c).await?,
+        Cmd::Catalog { text, labels } => catalog::catalog(&mut client, json, text, labels).await?,
+        Cmd::Assign {
+            package,
+            group,
+            deadline,
+            waves,
+            pin,
+        } => {
+            let a = catalog::AssignArgs {
+                package,
+                group,
+                deadline,
+                waves,
+                pin,
+            };
+            catalog::assign(&mut client, json, a).await?
+        }
+        Cmd::Rollout(c) => catalog::rollout(&mut client, json, c).await?,
+        Cmd::Serve
+        | Cmd::CheckConfig
+        | Cmd::CaFingerprint
+        | Cmd::Restore { .. }
+        | Cmd::Identity(_) => {}
     }
     Ok(())
 }
 
+/// `key=value` labels from the command line.
+pub(crate) fn parse_labels(labels: &[String]) -> anyhow::Result<Vec<pb::Label>> {
+    labels
+        .iter()
+        .map(|l| {
+            l.split_once('=')
+                .map(|(k, v)| pb::Label {
+                    key: k.into(),
+                    value: v.into(),
+                })
+                .ok_or_else(|| anyhow::anyhow!("--label {l:?}: use key=value"))
+        })
+        .collect()
+}
+
+/// `identity create`: signs an admin identity with the CA on disk.
+fn identity_create(
+    config: &ControllerConfig,
+    who: &str,
+    roles: &[String],
+    out: &std::path::Path,
+    json: bool,
+) -> ExitCode {
+    for r in roles {
+        if !["admin", "publisher", "viewer"].contains(&r.as_str()) {
+            eprintln!("shoal-controller: --role {r:?}: use admin, publisher or viewer");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    }
+    if !config.data_dir.join("ca/ca.pem").exists() {
+        eprintln!(
+            "shoal-controller: no fleet CA under {} (start the controller once to create it)",
+            config.data_dir.display()
+        );
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    let written = shoal_controller::ca::FleetCa::open(&config.data_dir, config.ca.as_ref())
+        .and_then(|ca| ca.write_admin(out, who, roles, config.admin_cert_validity));
+    match written {
+        Ok(()) => {
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"name": who, "roles": roles, "dir": out})
+                );
+            } else {
+                println!(
+                    "wrote {}/{who}.pem and {who}.key (roles {}); use --identity {} --name {who}",
+                    out.display(),
+                    roles.join(","),
+                    out.display()
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("shoal-controller: identity create: {e}");
+            ExitCode::from(EXIT_CANTCREAT)
+        }
+    }
+}
+
 /// The text of `apply -f FILE` (`-`: standard input).
-fn read_policy_file(file: &std::path::Path) -> Result<String, PolicyFileError> {
-    let err = |cause| PolicyFileError {
+fn read_policy_file(file: &std::path::Path) -> Result<String, InputFileError> {
+    let err = |cause| InputFileError {
         path: file.display().to_string(),
         cause,
     };

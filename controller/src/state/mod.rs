@@ -1,11 +1,19 @@
 //! Everything the controller knows, in sled under its data directory:
-//! join tokens, enrolled agents, the audit log. Each record is JSON, so a
+//! join tokens, enrolled agents, the audit log, policies, and (in
+//! [`catalog`] and [`rollouts`]) the package catalog, namespaces and
+//! rollouts. Each record is JSON, so a
 //! backup is readable. A change is acknowledged only after it is flushed,
 //! so a `kill -9` loses nothing a caller was told had happened.
 
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
+
+pub mod catalog;
+pub mod rollouts;
+
+pub use catalog::{CatalogRecord, NamespaceRecord, RegisterError};
+pub use rollouts::{AgentProgress, RolloutRecord};
 
 /// Why the state database failed.
 #[derive(Debug, thiserror::Error)]
@@ -94,6 +102,13 @@ pub struct State {
     audit: sled::Tree,
     policies: sled::Tree,
     meta: sled::Tree,
+    catalog: sled::Tree,
+    namespaces: sled::Tree,
+    rollouts: sled::Tree,
+    rollout_agents: sled::Tree,
+    /// Serialises catalog registrations, so the name and quota checks and
+    /// the insert are one step.
+    catalog_lock: std::sync::Arc<tokio::sync::Mutex<()>>,
 }
 
 /// A stored policy document: its YAML as applied, what it says, and the
@@ -136,6 +151,11 @@ impl State {
             audit: db.open_tree("audit-1")?,
             policies: db.open_tree("policies-1")?,
             meta: db.open_tree("meta-1")?,
+            catalog: db.open_tree("catalog-1")?,
+            namespaces: db.open_tree("namespaces-1")?,
+            rollouts: db.open_tree("rollouts-1")?,
+            rollout_agents: db.open_tree("rollout-agents-1")?,
+            catalog_lock: Default::default(),
             db,
             gate: Default::default(),
         })

@@ -1,0 +1,157 @@
+//! What agent sessions send, computed once per fleet change.
+//!
+//! Every session used to read and decode the whole agent table on every
+//! change; with thousands of sessions that is quadratic. [`Views`] builds
+//! one [`FleetView`] per change generation (the first session to ask pays)
+//! and hands every session the same `Arc`.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use shoal_proto::pb;
+use tonic::Status;
+
+use crate::service::{Shared, internal};
+use crate::state::AgentRecord;
+
+/// Rosters longer than this are cut per agent (peers sharing a group
+/// first, then a per-agent pseudo-random pick), so one enrollment does not
+/// send every agent of a large fleet a message with every other agent.
+pub const ROSTER_MAX: usize = 512;
+
+/// The fleet as sessions see it at one generation.
+#[derive(Debug, Default)]
+pub struct FleetView {
+    pub generation: u64,
+    pub agents: HashMap<String, AgentRecord>,
+    pub revocations: pb::Revocations,
+    /// Every unrevoked agent that reported an address, by agent id.
+    pub roster: Vec<pb::RosterPeer>,
+    pub acls: pb::PackageAcls,
+    pub withdrawals: pb::Withdrawals,
+    pub assignments: HashMap<String, pb::Assignments>,
+    pub policy_version: u64,
+    pub policies: Vec<crate::policy::PolicyDoc>,
+}
+
+impl FleetView {
+    fn build(shared: &Shared, generation: u64) -> Result<Self, Status> {
+        let state = &shared.state;
+        let all = state.agents().map_err(internal)?;
+        let mut revocations = pb::Revocations::default();
+        for a in all.iter().filter(|a| a.revoked.is_some()) {
+            revocations.agent_ids.push(a.agent_id.clone());
+            if !a.serial.is_empty() {
+                revocations.serials.push(a.serial.clone());
+            }
+        }
+        let mut roster: Vec<pb::RosterPeer> = all
+            .iter()
+            .filter(|a| a.revoked.is_none() && !a.addrs.is_empty())
+            .map(|a| pb::RosterPeer {
+                agent_id: a.agent_id.clone(),
+                addrs: a.addrs.clone(),
+                cert_fingerprint: a.fingerprint.clone(),
+                groups: a.groups.clone(),
+            })
+            .collect();
+        roster.sort_by(|a, b| a.agent_id.cmp(&b.agent_id));
+
+        let mut acls = pb::PackageAcls::default();
+        let mut withdrawals = pb::Withdrawals::default();
+        let mut withdrawn = HashSet::new();
+        for e in state.catalog().map_err(internal)? {
+            let Ok(id) = hex::decode(&e.content_id) else {
+                continue;
+            };
+            if e.withdrawn.is_some() {
+                withdrawals.content_ids.push(id.into());
+                withdrawn.insert(e.content_id);
+            } else if !e.allowed_groups.is_empty() {
+                acls.acls.push(pb::PackageAcl {
+                    content_id: id.into(),
+                    allowed_groups: e.allowed_groups,
+                });
+            }
+        }
+        let assignments = shared.rollouts.assignments(&all, &withdrawn);
+        let policies = state
+            .policies()
+            .map_err(internal)?
+            .into_iter()
+            .map(|p| p.doc)
+            .collect();
+        Ok(Self {
+            generation,
+            agents: all.into_iter().map(|a| (a.agent_id.clone(), a)).collect(),
+            revocations,
+            roster,
+            acls,
+            withdrawals,
+            assignments,
+            policy_version: state.policy_version().map_err(internal)?,
+            policies,
+        })
+    }
+
+    /// The roster for `agent`: everyone else, or past [`ROSTER_MAX`] the
+    /// peers sharing a group with it first, each agent its own pick.
+    pub fn roster_for(&self, agent: &AgentRecord) -> pb::Roster {
+        let others = self.roster.iter().filter(|p| p.agent_id != agent.agent_id);
+        if self.roster.len() <= ROSTER_MAX {
+            return pb::Roster {
+                peers: others.cloned().collect(),
+            };
+        }
+        let mut ranked: Vec<(bool, u64, &pb::RosterPeer)> = others
+            .map(|p| {
+                let shares = p.groups.iter().any(|g| agent.groups.contains(g));
+                let h = blake3::hash(format!("{}\0{}", agent.agent_id, p.agent_id).as_bytes());
+                let mut first = [0u8; 8];
+                first.copy_from_slice(&h.as_bytes()[..8]);
+                (!shares, u64::from_le_bytes(first), p)
+            })
+            .collect();
+        ranked.sort_unstable_by_key(|(other_group, h, _)| (*other_group, *h));
+        let mut peers: Vec<pb::RosterPeer> = ranked
+            .into_iter()
+            .take(ROSTER_MAX)
+            .map(|(_, _, p)| p.clone())
+            .collect();
+        peers.sort_by(|a, b| a.agent_id.cmp(&b.agent_id));
+        pb::Roster { peers }
+    }
+
+    pub fn policy_for(&self, agent: &AgentRecord) -> pb::Policy {
+        crate::policy::effective(&self.policies, agent, self.policy_version)
+    }
+}
+
+/// A view is rebuilt at most this often: under a storm of changes
+/// (thousands of agents connecting) sessions share a slightly older view
+/// and come back for the newer one (see [`FleetView::generation`]).
+const MIN_REBUILD: Duration = Duration::from_millis(250);
+
+/// The current view, rebuilt when the fleet's generation moves.
+#[derive(Debug, Default)]
+pub struct Views {
+    current: Mutex<Option<(Instant, Arc<FleetView>)>>,
+}
+
+impl Views {
+    /// The newest view; at least of `generation` unless one was built
+    /// within [`MIN_REBUILD`], in which case the caller gets an older one
+    /// and should ask again later.
+    pub fn get(&self, shared: &Shared, generation: u64) -> Result<Arc<FleetView>, Status> {
+        let mut cur = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((built, v)) = cur.as_ref()
+            && (v.generation >= generation || built.elapsed() < MIN_REBUILD)
+        {
+            return Ok(v.clone());
+        }
+        let v = Arc::new(FleetView::build(shared, shared.fleet.generation())?);
+        *cur = Some((Instant::now(), v.clone()));
+        Ok(v)
+    }
+}
