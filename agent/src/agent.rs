@@ -215,7 +215,7 @@ impl Agent {
         // The controller session (after transfers: its policy sets their
         // concurrency).
         let controller = match (&config.controller, controller_tls) {
-            (Some(settings), Some(tls)) => {
+            (Some(settings), Some(controller_tls)) => {
                 let state = Arc::new(SessionState::default());
                 let policy = Arc::new(PolicyApplier::new(
                     ctx.clone(),
@@ -236,7 +236,7 @@ impl Agent {
                 ControlTask {
                     ctx: ctx.clone(),
                     settings: settings.clone(),
-                    tls,
+                    tls: controller_tls,
                     configured_deny: config.deny.clone(),
                     advertise: config.advertise.clone(),
                     listen,
@@ -245,6 +245,7 @@ impl Agent {
                     transfers: transfers.clone(),
                     seq: Default::default(),
                     assignment_errors: Default::default(),
+                    renewal: control::renew::Renewal::new(&tls, config.tls.clone()),
                 }
                 .spawn();
                 Some(state)

@@ -226,9 +226,7 @@ fn client_config(
         .dangerous()
         .with_custom_certificate_verifier(verifier);
     let mut cfg = match identity {
-        Some(id) => builder
-            .with_client_auth_cert(id.chain.clone(), id.key.clone_key())
-            .map_err(|e| TlsError::Config(e.to_string()))?,
+        Some(id) => builder.with_client_cert_resolver(id.live.clone()),
         None => builder.with_no_client_auth(),
     };
     cfg.alpn_protocols = vec![tls::ALPN_H2.to_vec()];
@@ -389,7 +387,7 @@ fn check_response(
 /// Writes every file to a temporary beside it first, then renames them
 /// all, so a failure leaves no half-written file. Parent directories are
 /// created; `mode` applies on Unix before the file appears.
-fn write_files(files: &[(&Path, &str, u32)]) -> Result<(), EnrollError> {
+pub(crate) fn write_files(files: &[(&Path, &str, u32)]) -> Result<(), EnrollError> {
     let write_err = |path: &Path, cause| EnrollError::Write {
         path: path.display().to_string(),
         cause,

@@ -107,10 +107,10 @@ impl ControllerConfig {
             .listen
             .parse()
             .map_err(|_| invalid("listen", format!("{:?} is not an address:port", f.listen)))?;
-        let duration = |field: &'static str, v: &str| {
+        let duration = |field: &'static str, v: &str, min: Duration, min_text: &str| {
             let d = parse_duration(v).map_err(|e| invalid(field, e.to_string()))?;
-            if d < Duration::from_secs(3600) {
-                return Err(invalid(field, "must be at least 1h"));
+            if d < min {
+                return Err(invalid(field, format!("must be at least {min_text}")));
             }
             Ok(d)
         };
@@ -121,8 +121,20 @@ impl ControllerConfig {
             listen,
             data_dir: f.data_dir,
             ca: f.ca,
-            agent_cert_validity: duration("agent_cert_validity", &f.agent_cert_validity)?,
-            admin_cert_validity: duration("admin_cert_validity", &f.admin_cert_validity)?,
+            // Agents renew at two thirds of the lifetime; a minute is
+            // short enough for tests of renewal and still leaves retries.
+            agent_cert_validity: duration(
+                "agent_cert_validity",
+                &f.agent_cert_validity,
+                Duration::from_secs(60),
+                "1m",
+            )?,
+            admin_cert_validity: duration(
+                "admin_cert_validity",
+                &f.admin_cert_validity,
+                Duration::from_secs(3600),
+                "1h",
+            )?,
             log_level: f.log_level,
         })
     }

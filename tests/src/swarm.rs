@@ -188,11 +188,15 @@ pub async fn raw_client(
         .collect::<Result<_, _>>()
         .expect("cert");
     let identity = shoal_proto::identity::parse_identity(&chain[0]).expect("identity");
+    let key = PrivateKeyDer::from_pem_file(&tls.key).expect("key");
+    let live = shoal_agent::transport::live_cert::LiveCert::new(chain.clone(), key.clone_key())
+        .expect("certificate and key");
     let id = TlsIdentity {
         roots: Arc::new(roots),
         chain,
-        key: PrivateKeyDer::from_pem_file(&tls.key).expect("key"),
+        key,
         identity,
+        live,
     };
     let cfg = id
         .client_config(Arc::new(DenyList::default()))

@@ -26,6 +26,7 @@ pub mod apply;
 pub mod assign;
 pub mod persist;
 pub mod policy;
+pub mod renew;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
@@ -182,6 +183,8 @@ pub struct ControlTask {
     pub seq: AtomicU64,
     /// Assignments that could not start, reported as failed.
     pub assignment_errors: assign::AssignmentErrors,
+    /// The agent's certificate, renewed over the session before it expires.
+    pub renewal: renew::Renewal,
 }
 
 impl ControlTask {
@@ -265,8 +268,11 @@ impl ControlTask {
 
         let mut tick = tokio::time::interval(self.settings.status_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut renew_tick = tokio::time::interval(self.renewal.check_every());
+        renew_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
+                _ = renew_tick.tick() => self.renew_if_due(&manifests).await,
                 _ = tick.tick() => {
                     if tx.try_send(self.status_report()).is_err() {
                         tracing::debug!("controller not reading; status report skipped");
@@ -343,6 +349,27 @@ impl ControlTask {
             }
             Some(Update::Ack(a)) => tracing::trace!(seq = a.seq, "status acknowledged"),
             None => tracing::debug!("empty controller update ignored"),
+        }
+    }
+
+    async fn renew_if_due(&self, client: &AgentControlClient<tonic::transport::Channel>) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        if !self.renewal.due(now) {
+            return;
+        }
+        let old = self.renewal.not_after();
+        match self.renewal.renew(&mut client.clone()).await {
+            Ok(not_after) => tracing::info!(
+                old_not_after_unix = old,
+                not_after_unix = not_after,
+                "certificate renewed"
+            ),
+            Err(e) => tracing::warn!(
+                not_after_unix = old,
+                "certificate renewal failed, will retry: {e}"
+            ),
         }
     }
 

@@ -1,11 +1,14 @@
 //! Transport: every agent-to-agent connection is TLS 1.3 with client
 //! certificates from the fleet CA, carrying gRPC (tonic) over HTTP/2.
 //!
-//! [`tls`] builds the rustls configurations and verifiers, [`server`] runs
+//! [`tls`] builds the rustls configurations and verifiers, [`live_cert`]
+//! holds the agent's own certificate so a renewal takes effect without a
+//! restart, [`server`] runs
 //! the accept loop that hands verified connections to tonic, [`client`]
 //! dials peers and learns who answered.
 
 pub mod client;
+pub mod live_cert;
 pub mod server;
 pub mod tls;
 

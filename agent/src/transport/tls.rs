@@ -63,6 +63,9 @@ pub struct TlsIdentity {
     pub chain: Vec<CertificateDer<'static>>,
     pub key: PrivateKeyDer<'static>,
     pub identity: Identity,
+    /// What every configuration made from this identity presents;
+    /// renewal replaces it in place.
+    pub live: Arc<super::live_cert::LiveCert>,
 }
 
 impl TlsIdentity {
@@ -105,11 +108,13 @@ impl TlsIdentity {
         }
         let key = PrivateKeyDer::from_pem_file(&paths.key)
             .map_err(|e| load_err(&paths.key, e.to_string()))?;
+        let live = super::live_cert::LiveCert::new(chain.clone(), key.clone_key())?;
         Ok(Self {
             roots: Arc::new(roots),
             chain,
             key,
             identity,
+            live,
         })
     }
 
@@ -128,8 +133,7 @@ impl TlsIdentity {
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(|e| TlsError::Config(e.to_string()))?
             .with_client_cert_verifier(verifier)
-            .with_single_cert(self.chain.clone(), self.key.clone_key())
-            .map_err(|e| TlsError::Config(e.to_string()))?;
+            .with_cert_resolver(self.live.clone());
         cfg.alpn_protocols = vec![ALPN_H2.to_vec()];
         Ok(Arc::new(cfg))
     }
@@ -151,8 +155,7 @@ impl TlsIdentity {
             .map_err(|e| TlsError::Config(e.to_string()))?
             .dangerous()
             .with_custom_certificate_verifier(verifier)
-            .with_client_auth_cert(self.chain.clone(), self.key.clone_key())
-            .map_err(|e| TlsError::Config(e.to_string()))?;
+            .with_client_cert_resolver(self.live.clone());
         cfg.alpn_protocols = vec![ALPN_H2.to_vec()];
         Ok(Arc::new(cfg))
     }
