@@ -138,6 +138,7 @@ impl Agent {
             events: Events::new(),
             deny,
             access: Default::default(),
+            controller: Default::default(),
             counters: Counters::default(),
             local_addrs: local_addrs.clone(),
             tasks: tasks.clone(),

@@ -788,6 +788,13 @@ mod tests {
         ) -> Result<Response<pb::GetManifestResponse>, Status> {
             Err(Status::unimplemented("stand-in"))
         }
+
+        async fn search_catalog(
+            &self,
+            _: Request<pb::SearchCatalogRequest>,
+        ) -> Result<Response<pb::SearchCatalogResponse>, Status> {
+            Err(Status::unimplemented("stand-in"))
+        }
     }
 
     /// Serves the stand-in with chain [controller leaf, CA]; returns its

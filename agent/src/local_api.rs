@@ -59,6 +59,31 @@ pub(crate) fn package_status(pkg: &Package) -> pb::PackageStatus {
 }
 
 impl LocalApi {
+    /// The controller's catalog as this agent may see it: (entries, error,
+    /// whether there is a controller session at all).
+    async fn search_catalog(
+        &self,
+        r: &pb::LocalSearchRequest,
+    ) -> (Vec<pb::CatalogEntry>, String, bool) {
+        let Some(mut client) = self.ctx.controller.client() else {
+            return (Vec::new(), String::new(), false);
+        };
+        let req = pb::SearchCatalogRequest {
+            text: r.text.clone(),
+            labels: r.labels.clone(),
+            limit: 0,
+        };
+        match tokio::time::timeout(SEARCH_TIMEOUT, client.search_catalog(req)).await {
+            Ok(Ok(resp)) => (resp.into_inner().entries, String::new(), true),
+            Ok(Err(s)) => (Vec::new(), s.message().to_owned(), true),
+            Err(_) => (
+                Vec::new(),
+                "the controller did not answer in time".into(),
+                true,
+            ),
+        }
+    }
+
     fn find(&self, reference: &str) -> Result<Arc<Package>, Status> {
         self.ctx.store.find(reference).ok_or_else(|| {
             Status::not_found(format!(
@@ -228,7 +253,17 @@ impl pb::local_control_server::LocalControl for LocalApi {
         &self,
         req: Request<pb::LocalSearchRequest>,
     ) -> Result<Response<pb::LocalSearchResponse>, Status> {
-        let text = req.into_inner().text;
+        let r = req.into_inner();
+        let (catalog, catalog_error, has_controller) = self.search_catalog(&r).await;
+        if r.catalog_only {
+            return Ok(Response::new(pb::LocalSearchResponse {
+                catalog,
+                catalog_error,
+                has_controller,
+                ..Default::default()
+            }));
+        }
+        let text = r.text;
         let mut hits: Vec<pb::SearchHit> = self
             .ctx
             .store
@@ -282,6 +317,9 @@ impl pb::local_control_server::LocalControl for LocalApi {
             hits,
             peers_asked: asked,
             peers_answered: answered,
+            catalog,
+            catalog_error,
+            has_controller,
         }))
     }
 

@@ -54,6 +54,43 @@ fn controller_manifest(ctl: &ControllerProcess, tls: &TlsPaths, package: &str) -
     })
 }
 
+/// A peer's answers to `tls`'s holder for package `id` (hex): chunk 0,
+/// and the availability stream.
+fn chunk_refusal(tls: &TlsPaths, addr: &str, id: &str) -> (tonic::Code, tonic::Code) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let mut c = shoal_tests::swarm::raw_client(tls, addr)
+            .await
+            .expect("connect");
+        let cid: shoal_proto::ContentId = id.parse().expect("content id");
+        let content_id = bytes::Bytes::copy_from_slice(cid.as_bytes());
+        let chunks = match c
+            .fetch_chunks(pb::FetchChunksRequest {
+                content_id: content_id.clone(),
+                chunks: vec![0],
+            })
+            .await
+        {
+            Ok(mut s) => match s.get_mut().message().await {
+                Ok(_) => tonic::Code::Ok,
+                Err(e) => e.code(),
+            },
+            Err(e) => e.code(),
+        };
+        let watch = match c
+            .watch_availability(pb::WatchAvailabilityRequest { content_id })
+            .await
+        {
+            Ok(_) => tonic::Code::Ok,
+            Err(e) => e.code(),
+        };
+        (chunks, watch)
+    })
+}
+
 fn holds(a: &AgentProcess, package: &str) -> bool {
     a.package_state(package).as_deref() == Some("complete")
 }
@@ -229,6 +266,51 @@ fn catalog_acl_waves_controller_outage_and_withdrawal() {
         run.stderr
     );
     assert_eq!(b1.bytes_done("course/week1@1"), 0);
+    // Asked directly, with its own certificate, a lab-a agent serves lab-b
+    // no chunk of it, and no availability either.
+    let week1_id = a1
+        .shoal(&["list", "--json"])
+        .json()
+        .as_array()
+        .and_then(|l| {
+            l.iter()
+                .find(|p| p["name"] == "course/week1")
+                .and_then(|p| p["content_id"].as_str().map(str::to_owned))
+        })
+        .expect("a1 lists week 1");
+    assert_eq!(
+        chunk_refusal(&ids[3], &a1.addr(), &week1_id),
+        (tonic::Code::PermissionDenied, tonic::Code::PermissionDenied)
+    );
+    assert_eq!(
+        chunk_refusal(&ids[2], &a1.addr(), &week1_id),
+        (tonic::Code::Ok, tonic::Code::Ok),
+        "lab-a peers are served"
+    );
+    // The catalog each agent browses is what it may fetch.
+    let run = b1.shoal(&["list", "--catalog", "--json"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(
+        run.json().as_array().map(Vec::len),
+        Some(0),
+        "{}",
+        run.stdout
+    );
+    let run = a1.shoal(&["list", "--catalog", "--json"]);
+    assert_eq!(
+        run.json().as_array().map(Vec::len),
+        Some(2),
+        "{}",
+        run.stdout
+    );
+    let run = a1.shoal(&["search", "week2", "--json"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(
+        run.json()["catalog"].as_array().map(Vec::len),
+        Some(1),
+        "{}",
+        run.stdout
+    );
 
     // Week 2, throttled so the controller can be killed mid-transfer.
     let policy = work.path().join("slow.yaml");

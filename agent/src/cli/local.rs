@@ -27,8 +27,17 @@ pub enum LocalCommand {
     Status,
     /// Peers the agent knows, and how it found them.
     Peers,
-    /// Packages the agent holds or is fetching.
-    List,
+    /// Packages the agent holds or is fetching; with --catalog, the
+    /// controller's catalog instead.
+    List {
+        /// List the controller's catalog (what this agent may fetch).
+        #[arg(long)]
+        catalog: bool,
+        /// With --catalog: only packages with this label, key=value
+        /// (repeatable).
+        #[arg(long = "label", requires = "catalog")]
+        labels: Vec<String>,
+    },
     /// Fetch a package by name@version or content id.
     Fetch {
         package: String,
@@ -47,9 +56,13 @@ pub enum LocalCommand {
         manifest: PathBuf,
         content: PathBuf,
     },
-    /// Ask the agent and its peers what they hold.
+    /// Ask the agent, its peers and the controller's catalog for packages
+    /// whose name@version contains TEXT.
     Search {
         text: String,
+        /// Catalog entries only with this label, key=value (repeatable).
+        #[arg(long = "label")]
+        labels: Vec<String>,
     },
     /// Pause a transfer.
     Pause {
@@ -258,7 +271,36 @@ async fn run_async(cmd: LocalCommand, socket: &Path, out: Output) -> Result<u8, 
                 }
             }
         }
-        LocalCommand::List => {
+        LocalCommand::List {
+            catalog: true,
+            labels,
+        } => {
+            let r = c
+                .search(pb::LocalSearchRequest {
+                    text: String::new(),
+                    labels: parse_labels(&labels)?,
+                    catalog_only: true,
+                })
+                .await
+                .map_err(status_err)?
+                .into_inner();
+            if !r.has_controller {
+                return Err(CliError::new(
+                    exit::UNAVAILABLE,
+                    anyhow::anyhow!(
+                        "this agent has no controller session; the catalog is the controller's (see `shoal status`)"
+                    ),
+                ));
+            }
+            if !r.catalog_error.is_empty() {
+                return Err(CliError::new(
+                    exit::UNAVAILABLE,
+                    anyhow::anyhow!("the controller's catalog: {}", r.catalog_error),
+                ));
+            }
+            print_catalog(&r.catalog, out);
+        }
+        LocalCommand::List { .. } => {
             let l = c
                 .list(pb::ListRequest {})
                 .await
@@ -356,9 +398,13 @@ async fn run_async(cmd: LocalCommand, socket: &Path, out: Output) -> Result<u8, 
                 );
             }
         }
-        LocalCommand::Search { text } => {
+        LocalCommand::Search { text, labels } => {
             let r = c
-                .search(pb::LocalSearchRequest { text })
+                .search(pb::LocalSearchRequest {
+                    text,
+                    labels: parse_labels(&labels)?,
+                    catalog_only: false,
+                })
                 .await
                 .map_err(status_err)?
                 .into_inner();
@@ -368,7 +414,8 @@ async fn run_async(cmd: LocalCommand, socket: &Path, out: Output) -> Result<u8, 
                     "content_id": ContentId::from_slice(&p.content_id).map(|c| c.to_string()),
                     "total_size": p.total_size, "chunks_held": p.chunks_held, "chunk_count": p.chunk_count,
                 }))).collect();
-                out.json(&json!({"hits": v, "peers_asked": r.peers_asked, "peers_answered": r.peers_answered}));
+                out.json(&json!({"hits": v, "peers_asked": r.peers_asked, "peers_answered": r.peers_answered,
+                    "catalog": catalog_json(&r.catalog), "catalog_error": r.catalog_error}));
             } else {
                 println!(
                     "{} hit(s); asked {} peer(s), {} answered",
@@ -385,6 +432,14 @@ async fn run_async(cmd: LocalCommand, socket: &Path, out: Output) -> Result<u8, 
                             p.chunks_held as f64 * 100.0 / p.chunk_count.max(1) as f64,
                             h.agent_id
                         );
+                    }
+                }
+                if r.has_controller {
+                    if r.catalog_error.is_empty() {
+                        println!("{} in the controller's catalog", r.catalog.len());
+                        print_catalog_table(&r.catalog);
+                    } else {
+                        println!("the controller's catalog: {}", r.catalog_error);
                     }
                 }
             }
@@ -600,4 +655,63 @@ async fn watch(
         State::Paused => 75,
         _ => exit::FAILED,
     })
+}
+
+/// `key=value` labels from the command line.
+fn parse_labels(labels: &[String]) -> Result<Vec<pb::Label>, CliError> {
+    labels
+        .iter()
+        .map(|l| {
+            l.split_once('=')
+                .map(|(k, v)| pb::Label {
+                    key: k.into(),
+                    value: v.into(),
+                })
+                .ok_or_else(|| CliError::usage(format!("--label {l:?}: use key=value")))
+        })
+        .collect()
+}
+
+fn catalog_json(entries: &[pb::CatalogEntry]) -> serde_json::Value {
+    json!(entries
+        .iter()
+        .map(|e| json!({
+            "name": e.name, "version": e.version,
+            "content_id": ContentId::from_slice(&e.content_id).map(|c| c.to_string()),
+            "total_size": e.total_size, "allowed_groups": e.allowed_groups,
+            "labels": e.labels.iter().map(|l| (l.key.clone(), json!(l.value))).collect::<serde_json::Map<_, _>>(),
+            "registered_unix_ms": e.registered_unix_ms,
+        }))
+        .collect::<Vec<_>>())
+}
+
+fn print_catalog_table(entries: &[pb::CatalogEntry]) {
+    for e in entries {
+        let labels: Vec<String> = e
+            .labels
+            .iter()
+            .map(|l| format!("{}={}", l.key, l.value))
+            .collect();
+        println!(
+            "  {:<32} {:>10}  {}{}",
+            format!("{}@{}", e.name, e.version),
+            Bytes(e.total_size),
+            if e.allowed_groups.is_empty() {
+                String::new()
+            } else {
+                format!("groups {} ", e.allowed_groups.join(","))
+            },
+            labels.join(" ")
+        );
+    }
+}
+
+fn print_catalog(entries: &[pb::CatalogEntry], out: Output) {
+    if out.json {
+        out.json(&catalog_json(entries));
+    } else if entries.is_empty() {
+        println!("the catalog has no packages for this agent");
+    } else {
+        print_catalog_table(entries);
+    }
 }

@@ -24,6 +24,7 @@
 
 pub mod apply;
 pub mod assign;
+pub mod link;
 pub mod persist;
 pub mod policy;
 pub mod renew;
@@ -204,6 +205,7 @@ impl ControlTask {
                 _ = self.ctx.cancel.cancelled() => break,
                 e = self.session() => e,
             };
+            self.ctx.controller.clear();
             let reason = ended.to_string();
             let was_open = self.state.set_down(reason.clone());
             if was_open || last_reason.as_ref() != Some(&reason) {
@@ -264,6 +266,7 @@ impl ControlTask {
                 Err(_) => return SessionError::Refused("no answer in time".into()),
             };
         self.state.set_open();
+        self.ctx.controller.set(manifests.clone());
         tracing::info!(controller = %addr, ?listen_addrs, "controller session open");
 
         let mut tick = tokio::time::interval(self.settings.status_interval);

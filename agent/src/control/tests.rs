@@ -104,6 +104,13 @@ impl pb::agent_control_server::AgentControl for StandIn {
     ) -> Result<Response<pb::GetManifestResponse>, Status> {
         Err(Status::unimplemented("stand-in"))
     }
+
+    async fn search_catalog(
+        &self,
+        _: Request<pb::SearchCatalogRequest>,
+    ) -> Result<Response<pb::SearchCatalogResponse>, Status> {
+        Err(Status::unimplemented("stand-in"))
+    }
 }
 
 fn der(pem: &str) -> CertificateDer<'static> {

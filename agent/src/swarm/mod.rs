@@ -61,6 +61,8 @@ pub struct SwarmContext {
     pub deny: Arc<DenyList>,
     /// Restricted and withdrawn packages, from the controller.
     pub access: access::PackageAccess,
+    /// The controller session's client while one is open.
+    pub controller: crate::control::link::ControllerLink,
     pub counters: Counters,
     /// This host's addresses, to prefer peers on the same subnet.
     pub local_addrs: Vec<IpAddr>,

@@ -22,6 +22,8 @@ pub enum ResolveError {
     NoTrustedPublishers,
     #[error("no peer is known yet; check discovery (mDNS, static peers) with `shoal peers`")]
     NoPeers,
+    #[error("the controller refused {reference}: {reason}")]
+    Refused { reference: String, reason: String },
     #[error("no peer offers {reference} (asked {asked}: {details})")]
     NotFound {
         reference: String,
@@ -51,8 +53,9 @@ fn package_ref(reference: &str) -> Result<(pb::package_ref::Ref, Option<ContentI
     }
 }
 
-/// Asks every known peer for the manifest at once and returns the first
-/// that verifies against the trusted publishers.
+/// Asks the controller's catalog first, when a session is open; else, or
+/// when the catalog does not have it, every known peer at once. Returns
+/// the first manifest that verifies against the trusted publishers.
 pub async fn resolve_manifest(
     ctx: &Arc<SwarmContext>,
     reference: &str,
@@ -61,6 +64,9 @@ pub async fn resolve_manifest(
     let trusted = ctx.trusted();
     if trusted.is_empty() {
         return Err(ResolveError::NoTrustedPublishers);
+    }
+    if let Some(v) = from_catalog(ctx, reference, &r, want_id, &trusted).await? {
+        return Ok(v);
     }
     let peers = ctx.peers.snapshot();
     if peers.is_empty() {
@@ -123,4 +129,58 @@ pub async fn resolve_manifest(
         asked,
         details: problems.join("; "),
     })
+}
+
+/// The manifest from the controller's catalog: `Ok(None)` when there is no
+/// session or the catalog does not list it (the swarm may still have it);
+/// a refusal (restricted package) is final, since peers refuse it too.
+async fn from_catalog(
+    ctx: &Arc<SwarmContext>,
+    reference: &str,
+    r: &pb::package_ref::Ref,
+    want_id: Option<ContentId>,
+    trusted: &shoal_proto::signing::TrustedKeys,
+) -> Result<Option<VerifiedManifest>, ResolveError> {
+    let Some(mut client) = ctx.controller.client() else {
+        return Ok(None);
+    };
+    let req = pb::GetManifestRequest {
+        package: Some(pb::PackageRef {
+            r#ref: Some(r.clone()),
+        }),
+    };
+    let resp = match tokio::time::timeout(ASK_TIMEOUT, client.get_manifest(req)).await {
+        Ok(Ok(resp)) => resp.into_inner(),
+        Ok(Err(s)) if s.code() == tonic::Code::PermissionDenied => {
+            return Err(ResolveError::Refused {
+                reference: reference.to_owned(),
+                reason: s.message().to_owned(),
+            });
+        }
+        Ok(Err(s)) => {
+            tracing::debug!("catalog has no {reference}: {}", s.message());
+            return Ok(None);
+        }
+        Err(_) => {
+            tracing::debug!("catalog did not answer for {reference} in time");
+            return Ok(None);
+        }
+    };
+    let Some(m) = resp.manifest else {
+        return Ok(None);
+    };
+    match SignedManifest::from(m).verify(trusted) {
+        Ok(v) if want_id.is_none_or(|id| id == v.content_id) => {
+            ctx.access.restrict(v.content_id, resp.allowed_groups);
+            Ok(Some(v))
+        }
+        Ok(_) => {
+            tracing::warn!("the catalog answered {reference} with another content id");
+            Ok(None)
+        }
+        Err(e) => {
+            tracing::warn!("catalog manifest for {reference} refused: {e}");
+            Ok(None)
+        }
+    }
 }

@@ -419,6 +419,17 @@ impl pb::agent_control_server::AgentControl for AgentControlService {
         super::catalog::manifest_for(&self.shared, &caller.identity, req.into_inner())
             .map(Response::new)
     }
+
+    async fn search_catalog(
+        &self,
+        req: Request<pb::SearchCatalogRequest>,
+    ) -> Result<Response<pb::SearchCatalogResponse>, Status> {
+        let caller = Caller::of(&req)?;
+        self.enrolled(&caller.identity.agent_id)?;
+        let entries =
+            super::catalog::search_for_agent(&self.shared, &caller.identity, req.get_ref())?;
+        Ok(Response::new(pb::SearchCatalogResponse { entries }))
+    }
 }
 
 #[cfg(test)]

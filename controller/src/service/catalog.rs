@@ -156,6 +156,27 @@ pub fn search(
     shared: &Shared,
     r: &pb::SearchCatalogRequest,
 ) -> Result<Vec<pb::CatalogEntry>, Status> {
+    search_where(shared, r, |_| true)
+}
+
+/// The catalog as `agent` may see it: nothing withdrawn, nothing
+/// restricted to groups it is not in.
+pub fn search_for_agent(
+    shared: &Shared,
+    agent: &Identity,
+    r: &pb::SearchCatalogRequest,
+) -> Result<Vec<pb::CatalogEntry>, Status> {
+    search_where(shared, r, |e| {
+        e.withdrawn.is_none()
+            && (e.allowed_groups.is_empty() || e.allowed_groups.iter().any(|g| agent.in_group(g)))
+    })
+}
+
+fn search_where(
+    shared: &Shared,
+    r: &pb::SearchCatalogRequest,
+    visible: impl Fn(&CatalogRecord) -> bool,
+) -> Result<Vec<pb::CatalogEntry>, Status> {
     let text = r.text.to_lowercase();
     let limit = if r.limit == 0 {
         1000
@@ -167,6 +188,7 @@ pub fn search(
         .catalog()
         .map_err(internal)?
         .into_iter()
+        .filter(|e| visible(e))
         .filter(|e| e.name_version().to_lowercase().contains(&text))
         .filter(|e| {
             r.labels
