@@ -56,6 +56,8 @@ pub enum StartError {
         path: PathBuf,
         cause: std::io::Error,
     },
+    #[error(transparent)]
+    Metrics(#[from] crate::metrics::MetricsError),
 }
 
 /// Why a package could not be published.
@@ -76,6 +78,7 @@ pub struct Agent {
     listen: SocketAddr,
     socket: PathBuf,
     controller: Option<Arc<SessionState>>,
+    metrics_addr: Option<SocketAddr>,
 }
 
 impl Agent {
@@ -215,7 +218,7 @@ impl Agent {
 
         // The controller session (after transfers: its policy sets their
         // concurrency).
-        let controller = match (&config.controller, controller_tls) {
+        let (controller, policy_applier) = match (&config.controller, controller_tls) {
             (Some(settings), Some(controller_tls)) => {
                 let state = Arc::new(SessionState::default());
                 let policy = Arc::new(PolicyApplier::new(
@@ -242,16 +245,31 @@ impl Agent {
                     advertise: config.advertise.clone(),
                     listen,
                     state: state.clone(),
-                    policy,
+                    policy: policy.clone(),
                     transfers: transfers.clone(),
                     seq: Default::default(),
                     assignment_errors: Default::default(),
                     renewal: control::renew::Renewal::new(&tls, config.tls.clone()),
                 }
                 .spawn();
-                Some(state)
+                (Some(state), Some(policy))
             }
-            _ => None,
+            _ => (None, None),
+        };
+
+        // Prometheus metrics, before the agent counts as started: a
+        // configured endpoint that cannot bind stops start-up.
+        let metrics_addr = match config.metrics_listen {
+            Some(addr) => {
+                let metrics = crate::metrics::AgentMetrics::new(
+                    ctx.clone(),
+                    transfers.clone(),
+                    controller.clone(),
+                    policy_applier,
+                )?;
+                Some(crate::metrics::serve(metrics, addr, &tasks, cancel.clone()).await?)
+            }
+            None => None,
         };
 
         // Resume what was downloading before a restart.
@@ -288,6 +306,7 @@ impl Agent {
             listen,
             socket: config.socket.clone(),
             controller,
+            metrics_addr,
         })
     }
 
@@ -298,6 +317,11 @@ impl Agent {
 
     pub fn listen_addr(&self) -> SocketAddr {
         self.listen
+    }
+
+    /// Where `/metrics` is served, if it is.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
     }
 
     pub fn socket_path(&self) -> &std::path::Path {

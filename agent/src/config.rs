@@ -62,7 +62,46 @@ struct FileConfig {
     log: FileLog,
     #[serde(default)]
     controller: FileController,
+    #[serde(default)]
+    metrics: FileMetrics,
+    #[serde(default)]
+    otlp: FileOtlp,
 }
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct FileOtlp {
+    endpoint: String,
+    sample_ratio: f64,
+    chunk_sample_ratio: f64,
+}
+
+impl Default for FileOtlp {
+    fn default() -> Self {
+        Self {
+            endpoint: String::new(),
+            sample_ratio: 1.0,
+            chunk_sample_ratio: 0.05,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct FileMetrics {
+    listen: String,
+}
+
+impl Default for FileMetrics {
+    fn default() -> Self {
+        Self {
+            listen: DEFAULT_METRICS_LISTEN.into(),
+        }
+    }
+}
+
+/// Where `/metrics` is served unless configured: loopback only.
+pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:7401";
 
 fn default_listen() -> String {
     format!("0.0.0.0:{DEFAULT_PORT}")
@@ -215,6 +254,9 @@ pub struct SwarmSettings {
     pub request_timeout: Duration,
     pub ban_threshold: u32,
     pub ban_duration: Duration,
+    /// Every this many chunk requests gets a trace span (0 = none): a
+    /// download makes thousands, a few are enough to see where time goes.
+    pub chunk_trace_every: u32,
 }
 
 /// The controller session: where the controller is and how often to talk.
@@ -261,6 +303,10 @@ pub struct AgentConfig {
     pub log_level: String,
     /// The controller to keep a session with; `None` = standalone.
     pub controller: Option<ControllerSettings>,
+    /// Where Prometheus metrics are served; `None` = not at all.
+    pub metrics_listen: Option<SocketAddr>,
+    /// Trace export; `None` = logs only.
+    pub otlp: Option<crate::telemetry::OtlpSettings>,
 }
 
 impl AgentConfig {
@@ -288,11 +334,14 @@ impl AgentConfig {
                 request_timeout: Duration::from_secs(30),
                 ban_threshold: 3,
                 ban_duration: Duration::from_secs(3600),
+                chunk_trace_every: 0,
             },
             socket: data_dir.join("agent.sock"),
             log_format: LogFormat::Text,
             log_level: "info".into(),
             controller: None,
+            metrics_listen: None,
+            otlp: None,
         }
     }
 
@@ -365,12 +414,48 @@ impl AgentConfig {
             ban_threshold: f.swarm.ban_threshold,
             ban_duration: parse_duration(&f.swarm.ban_duration)
                 .map_err(|e| invalid("swarm.ban_duration", e))?,
+            chunk_trace_every: 0,
         };
+        if !f.otlp.endpoint.trim().is_empty() {
+            let endpoint = f.otlp.endpoint.trim().to_owned();
+            if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
+                return Err(invalid(
+                    "otlp.endpoint",
+                    format!("{endpoint:?}: use http://host:4317 (OTLP over gRPC)"),
+                ));
+            }
+            for (field, r) in [
+                ("otlp.sample_ratio", f.otlp.sample_ratio),
+                ("otlp.chunk_sample_ratio", f.otlp.chunk_sample_ratio),
+            ] {
+                if !(0.0..=1.0).contains(&r) {
+                    return Err(invalid(field, format!("{r} is not between 0 and 1")));
+                }
+            }
+            c.otlp = Some(crate::telemetry::OtlpSettings {
+                endpoint,
+                sample_ratio: f.otlp.sample_ratio,
+            });
+            c.swarm.chunk_trace_every = if f.otlp.chunk_sample_ratio <= 0.0 {
+                0
+            } else {
+                (1.0 / f.otlp.chunk_sample_ratio).round().max(1.0) as u32
+            };
+        }
         if let Some(s) = f.local_api.socket {
             c.socket = abs(s);
         }
         c.log_format = f.log.format;
         c.log_level = f.log.level;
+        c.metrics_listen = match f.metrics.listen.trim() {
+            "" | "off" => None,
+            addr => Some(addr.parse().map_err(|_| {
+                invalid(
+                    "metrics.listen",
+                    format!("{addr:?} is not ip:port (or `off`)"),
+                )
+            })?),
+        };
         let status_interval = parse_duration(&f.controller.status_interval)
             .map_err(|e| invalid("controller.status_interval", e))?;
         let reconnect_max = parse_duration(&f.controller.reconnect_max)
@@ -607,6 +692,10 @@ mod example_tests {
             "controller.url",
             "controller.status_interval",
             "controller.reconnect_max",
+            "metrics.listen",
+            "otlp.endpoint",
+            "otlp.sample_ratio",
+            "otlp.chunk_sample_ratio",
         ];
         for field in fields {
             assert!(

@@ -1,9 +1,11 @@
 //! The Shoal agent and the `shoal` command-line tool.
 //!
-//! This crate owns everything that runs on a workstation: today the `shoal`
-//! CLI's key and package commands ([`cli`]); the daemon's discovery,
-//! transport, swarm scheduler, chunk store, controller session ([`control`])
-//! and local API grow beside it.
+//! This crate owns everything that runs on a workstation: the `shoal` CLI
+//! ([`cli`]) and the daemon: discovery, transport, the swarm scheduler and
+//! service ([`swarm`]), the chunk store, limits and the transfer queue, the
+//! controller session ([`control`]), the local API, Prometheus metrics
+//! ([`metrics`]) and logs and traces ([`telemetry`], which the controller
+//! uses too).
 //! Formats and the wire contract live in `shoal-proto`, fleet management in
 //! `shoal-controller`.
 
@@ -17,8 +19,10 @@ pub mod enroll;
 pub mod events;
 pub mod limits;
 pub mod local_api;
+pub mod metrics;
 pub mod signal;
 pub mod store;
 pub mod swarm;
+pub mod telemetry;
 pub mod transfers;
 pub mod transport;

@@ -237,10 +237,21 @@ impl Actor {
             let progress = self.handle.progress_sender(&q.pkg);
             let ctx = self.ctx.clone();
             let pkg = q.pkg.clone();
-            self.tasks.spawn(async move {
-                let id = pkg.id;
-                (id, download::run(ctx, pkg, progress, token).await)
-            });
+            // The download's trace: chunk requests and the peers' serving
+            // of them hang below it.
+            let span = tracing::info_span!(
+                "package.download",
+                package = %pkg.name_version(),
+                content_id = %pkg.id,
+                bytes = pkg.manifest.total_size,
+            );
+            self.tasks.spawn(tracing::Instrument::instrument(
+                async move {
+                    let id = pkg.id;
+                    (id, download::run(ctx, pkg, progress, token).await)
+                },
+                span,
+            ));
         }
     }
 

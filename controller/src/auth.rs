@@ -117,7 +117,7 @@ impl Caller {
 /// Authorises an admin call and, whatever happens, audits it. `run` does
 /// the work once the caller is allowed.
 pub async fn audited<R, T, F, Fut>(
-    state: &State,
+    shared: &crate::service::Shared,
     req: &Request<R>,
     action: Action,
     target: String,
@@ -127,7 +127,35 @@ where
     F: FnOnce(Caller) -> Fut,
     Fut: std::future::Future<Output = Result<T, Status>>,
 {
+    let span = tracing::info_span!(
+        "admin.call",
+        action = action.name(),
+        actor = tracing::field::Empty,
+        outcome = tracing::field::Empty
+    );
+    tracing::Instrument::instrument(
+        audited_impl(shared, req, action, target, run, &span),
+        span.clone(),
+    )
+    .await
+}
+
+async fn audited_impl<R, T, F, Fut>(
+    shared: &crate::service::Shared,
+    req: &Request<R>,
+    action: Action,
+    target: String,
+    run: F,
+    span: &tracing::Span,
+) -> Result<T, Status>
+where
+    F: FnOnce(Caller) -> Fut,
+    Fut: std::future::Future<Output = Result<T, Status>>,
+{
+    let state = &shared.state;
+    let started = std::time::Instant::now();
     let caller = Caller::of(req)?;
+    span.record("actor", caller.name());
     let mut entry = AuditEntry {
         at_ms: crate::now_ms(),
         actor: caller.name().to_owned(),
@@ -140,6 +168,9 @@ where
     if !entry.allowed {
         entry.outcome = "denied".into();
         record(state, &entry).await?;
+        shared
+            .metrics
+            .admin_call(action.name(), "denied", started.elapsed());
         let roles = if entry.role.is_empty() {
             "none"
         } else {
@@ -157,6 +188,11 @@ where
         Err(s) => format!("{:?}: {}", s.code(), s.message()),
     };
     record(state, &entry).await?;
+    let outcome = if out.is_ok() { "ok" } else { "error" };
+    span.record("outcome", outcome);
+    shared
+        .metrics
+        .admin_call(action.name(), outcome, started.elapsed());
     out
 }
 

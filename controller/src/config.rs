@@ -35,22 +35,30 @@ fn invalid(field: &'static str, reason: impl Into<String>) -> ConfigError {
 #[serde(deny_unknown_fields, default)]
 struct File {
     listen: String,
+    metrics_listen: String,
     data_dir: PathBuf,
     ca: Option<CaImport>,
     agent_cert_validity: String,
     admin_cert_validity: String,
     log_level: String,
+    log_format: shoal_agent::config::LogFormat,
+    otlp_endpoint: String,
+    otlp_sample_ratio: f64,
 }
 
 impl Default for File {
     fn default() -> Self {
         Self {
             listen: "0.0.0.0:7800".into(),
+            metrics_listen: "127.0.0.1:7801".into(),
             data_dir: "/var/lib/shoal-controller".into(),
             ca: None,
             agent_cert_validity: "30d".into(),
             admin_cert_validity: "365d".into(),
             log_level: "info".into(),
+            log_format: shoal_agent::config::LogFormat::Text,
+            otlp_endpoint: String::new(),
+            otlp_sample_ratio: 1.0,
         }
     }
 }
@@ -67,18 +75,26 @@ pub struct CaImport {
 #[derive(Debug, Clone)]
 pub struct ControllerConfig {
     pub listen: SocketAddr,
+    /// Where Prometheus metrics are served; `None` = not at all.
+    pub metrics_listen: Option<SocketAddr>,
     pub data_dir: PathBuf,
     pub ca: Option<CaImport>,
     pub agent_cert_validity: Duration,
     pub admin_cert_validity: Duration,
     pub log_level: String,
+    pub log_format: shoal_agent::config::LogFormat,
+    /// Trace export; `None` = logs only.
+    pub otlp: Option<shoal_agent::telemetry::OtlpSettings>,
 }
 
 impl ControllerConfig {
-    /// Defaults with the given data directory.
+    /// Defaults with the given data directory, and no metrics endpoint
+    /// (configurations built in code are for tests and embedding, where a
+    /// fixed port would collide).
     pub fn new(data_dir: &Path) -> Self {
         let mut c = Self::from_file(File::default()).expect("defaults are valid");
         c.data_dir = data_dir.to_owned();
+        c.metrics_listen = None;
         c
     }
 
@@ -107,6 +123,36 @@ impl ControllerConfig {
             .listen
             .parse()
             .map_err(|_| invalid("listen", format!("{:?} is not an address:port", f.listen)))?;
+        let metrics_listen = match f.metrics_listen.trim() {
+            "" | "off" => None,
+            a => Some(a.parse().map_err(|_| {
+                invalid(
+                    "metrics_listen",
+                    format!("{a:?} is not an address:port (or `off`)"),
+                )
+            })?),
+        };
+        let otlp = match f.otlp_endpoint.trim() {
+            "" => None,
+            e if e.starts_with("http://") || e.starts_with("https://") => {
+                if !(0.0..=1.0).contains(&f.otlp_sample_ratio) {
+                    return Err(invalid(
+                        "otlp_sample_ratio",
+                        format!("{} is not between 0 and 1", f.otlp_sample_ratio),
+                    ));
+                }
+                Some(shoal_agent::telemetry::OtlpSettings {
+                    endpoint: e.to_owned(),
+                    sample_ratio: f.otlp_sample_ratio,
+                })
+            }
+            e => {
+                return Err(invalid(
+                    "otlp_endpoint",
+                    format!("{e:?}: use http://host:4317 (OTLP over gRPC)"),
+                ));
+            }
+        };
         let duration = |field: &'static str, v: &str, min: Duration, min_text: &str| {
             let d = parse_duration(v).map_err(|e| invalid(field, e.to_string()))?;
             if d < min {
@@ -119,6 +165,7 @@ impl ControllerConfig {
         }
         Ok(Self {
             listen,
+            metrics_listen,
             data_dir: f.data_dir,
             ca: f.ca,
             // Agents renew at two thirds of the lifetime; a minute is
@@ -136,6 +183,8 @@ impl ControllerConfig {
                 "1h",
             )?,
             log_level: f.log_level,
+            log_format: f.log_format,
+            otlp,
         })
     }
 }

@@ -12,6 +12,7 @@
 //!   controller's own certificate and the first admin identity.
 //! - [`tokens`]: join tokens: groups, expiry, uses.
 //! - [`rollout`]: assignments wave by wave, and where each agent stands.
+//! - [`metrics`]: Prometheus metrics of the fleet, rollouts and admin calls.
 //! - [`view`]: what sessions send, computed once per fleet change.
 //! - [`fleet`]: which agents are online, and the signal that sends them
 //!   a fresh roster and revocation list.
@@ -30,6 +31,7 @@ pub mod backup;
 pub mod ca;
 pub mod config;
 pub mod fleet;
+pub mod metrics;
 pub mod policy;
 pub mod rollout;
 pub mod server;

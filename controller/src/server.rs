@@ -38,6 +38,8 @@ pub enum StartError {
         addr: SocketAddr,
         cause: std::io::Error,
     },
+    #[error(transparent)]
+    Metrics(#[from] crate::metrics::MetricsError),
 }
 
 /// A running controller.
@@ -45,6 +47,7 @@ pub enum StartError {
 pub struct Controller {
     shared: SharedRef,
     addr: SocketAddr,
+    metrics_addr: Option<SocketAddr>,
     cancel: CancellationToken,
     tasks: TaskTracker,
 }
@@ -82,9 +85,17 @@ impl Controller {
             fleet: Fleet::default(),
             rollouts,
             views: Default::default(),
+            metrics: crate::metrics::ControllerMetrics::new()
+                .map_err(crate::metrics::MetricsError::from)?,
             tasks: tasks.clone(),
             cancel: cancel.clone(),
         });
+        let metrics_addr = match shared.config.metrics_listen {
+            Some(a) => {
+                Some(crate::metrics::serve(shared.clone(), a, &tasks, cancel.clone()).await?)
+            }
+            None => None,
+        };
         let incoming = tls_incoming(listener, tls, cancel.clone(), &tasks);
         let router = tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(Duration::from_secs(20)))
@@ -102,6 +113,7 @@ impl Controller {
         Ok(Self {
             shared,
             addr,
+            metrics_addr,
             cancel,
             tasks,
         })
@@ -109,6 +121,11 @@ impl Controller {
 
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Where `/metrics` is served, if it is.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
     }
 
     /// SHA-256 of the fleet CA certificate, for `shoal-agent enroll`.

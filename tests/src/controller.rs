@@ -17,6 +17,9 @@ pub struct ControllerProcess {
     pub dir: PathBuf,
     pub config: PathBuf,
     pub addr: String,
+    /// `metrics_listen`: where its Prometheus `/metrics` is served (a free
+    /// loopback port, so controllers of parallel tests do not collide).
+    pub metrics_addr: String,
     child: Option<Child>,
 }
 
@@ -32,11 +35,12 @@ impl ControllerProcess {
     pub fn configure(dir: &Path) -> Self {
         std::fs::create_dir_all(dir).expect("mkdir");
         let addr = format!("127.0.0.1:{}", free_port());
+        let metrics_addr = format!("127.0.0.1:{}", free_port());
         let config = dir.join("controller.yaml");
         std::fs::write(
             &config,
             format!(
-                "listen: {addr}\ndata_dir: {}\nlog_level: info\n",
+                "listen: {addr}\nmetrics_listen: {metrics_addr}\ndata_dir: {}\nlog_level: info\n",
                 dir.join("data").display()
             ),
         )
@@ -45,6 +49,7 @@ impl ControllerProcess {
             dir: dir.to_owned(),
             config,
             addr,
+            metrics_addr,
             child: None,
         }
     }
@@ -168,13 +173,29 @@ pub fn start_agent(
     dir: &Path,
     tls: TlsPaths,
 ) -> crate::process::AgentProcess {
+    start_agent_with(pki, ctl, id, dir, tls, "")
+}
+
+/// [`start_agent`] with `extra` YAML appended to the agent's config (a
+/// `metrics:` section, say).
+pub fn start_agent_with(
+    pki: &crate::swarm::Pki,
+    ctl: &ControllerProcess,
+    id: &str,
+    dir: &Path,
+    tls: TlsPaths,
+    extra: &str,
+) -> crate::process::AgentProcess {
     crate::process::AgentProcess::start_with(
         pki,
         id,
         dir,
         crate::process::AgentOptions {
             tls: Some(tls),
-            extra: format!("controller:\n  url: {}\n  status_interval: 1s\n", ctl.addr),
+            extra: format!(
+                "controller:\n  url: {}\n  status_interval: 1s\n{extra}",
+                ctl.addr
+            ),
             ..Default::default()
         },
     )

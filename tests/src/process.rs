@@ -167,7 +167,12 @@ impl AgentProcess {
             .unwrap_or_else(|| format!("127.0.0.1:{}", free_port()));
         let (listen_host, port) = listen.rsplit_once(':').expect("host:port");
         let port: u16 = port.parse().expect("port");
-        let extra = opts.extra.as_str();
+        // Agents share loopback: no metrics endpoint unless a test asks.
+        let extra = if opts.extra.contains("metrics:") {
+            opts.extra.clone()
+        } else {
+            format!("{}\nmetrics:\n  listen: 'off'\n", opts.extra)
+        };
         let peers = opts
             .static_peers
             .iter()

@@ -69,6 +69,19 @@ fn roster_discovery_revocation_and_running_without_the_controller() {
     wait_until("all three online", Duration::from_secs(30), || {
         online(&ctl).len() == 3
     });
+    // Rosters follow the agents' first reports by a moment.
+    for a in [&seed, &pc, &victim] {
+        wait_until(
+            &format!("{}'s roster", a.id),
+            Duration::from_secs(30),
+            || {
+                let peers = a.shoal(&["peers", "--json"]).json();
+                peers
+                    .as_array()
+                    .is_some_and(|l| l.iter().filter(|p| p["source"] == "roster").count() >= 2)
+            },
+        );
+    }
 
     // The roster is the only way these agents can know each other.
     let (content, manifest) = pki.write_package(

@@ -11,7 +11,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use shoal_agent::agent::Agent;
-use shoal_agent::config::{AgentConfig, LogFormat};
+use shoal_agent::config::AgentConfig;
 use shoal_agent::enroll::{EnrollOptions, Enrolled, enroll, local_hostname};
 
 /// EX_CONFIG: the configuration is unusable.
@@ -72,17 +72,9 @@ struct EnrollArgs {
     json: bool,
 }
 
+/// Logs only (for `enroll`, a short command with nothing worth tracing).
 fn init_logging(config: &AgentConfig) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&config.log_level))
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match config.log_format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
-    }
+    let _ = shoal_agent::telemetry::init("shoal-agent", &config.log_level, config.log_format, None);
 }
 
 fn main() -> ExitCode {
@@ -103,7 +95,6 @@ fn main() -> ExitCode {
         println!("{}: ok", args.config.display());
         return ExitCode::SUCCESS;
     }
-    init_logging(&config);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -114,7 +105,23 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_START);
         }
     };
-    runtime.block_on(async {
+    // The OTLP exporter needs the runtime; it outlives the agent so the
+    // last spans are flushed after shutdown.
+    let telemetry = match runtime.block_on(async {
+        shoal_agent::telemetry::init(
+            "shoal-agent",
+            &config.log_level,
+            config.log_format,
+            config.otlp.as_ref(),
+        )
+    }) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("shoal-agent: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let code = runtime.block_on(async {
         let agent = match Agent::start(config).await {
             Ok(a) => a,
             Err(e) => {
@@ -126,7 +133,9 @@ fn main() -> ExitCode {
         shoal_agent::signal::shutdown_signal().await;
         agent.shutdown().await;
         ExitCode::SUCCESS
-    })
+    });
+    telemetry.shutdown();
+    code
 }
 
 /// `shoal-agent enroll`: the config is read only for its `tls:` paths and

@@ -68,6 +68,8 @@ const BACKOFF_START: Duration = Duration::from_secs(1);
 #[derive(Debug, Default)]
 pub struct SessionState {
     connected: AtomicBool,
+    /// The agent certificate's expiry, Unix seconds (0 = not known yet).
+    cert_not_after: std::sync::atomic::AtomicI64,
     opened: AtomicU64,
     updates: AtomicU64,
     last_error: Mutex<Option<String>>,
@@ -77,6 +79,12 @@ impl SessionState {
     /// Whether a session is open right now.
     pub fn connected(&self) -> bool {
         self.connected.load(Ordering::Relaxed)
+    }
+
+    /// Expiry of the certificate in force, Unix seconds; 0 before the
+    /// session task starts.
+    pub fn cert_not_after(&self) -> i64 {
+        self.cert_not_after.load(Ordering::Relaxed)
     }
 
     /// Sessions opened since start.
@@ -197,6 +205,9 @@ impl ControlTask {
 
     async fn run(self) {
         let addr = self.settings.addr.clone();
+        self.state
+            .cert_not_after
+            .store(self.renewal.not_after(), Ordering::Relaxed);
         let mut backoff = Backoff::new(self.settings.reconnect_max);
         let mut last_reason: Option<String> = None;
         loop {
@@ -207,6 +218,10 @@ impl ControlTask {
             };
             self.ctx.controller.clear();
             let reason = ended.to_string();
+            self.ctx
+                .counters
+                .controller_errors
+                .fetch_add(1, Ordering::Relaxed);
             let was_open = self.state.set_down(reason.clone());
             if was_open || last_reason.as_ref() != Some(&reason) {
                 tracing::warn!(controller = %addr, "controller session: {reason}; will reconnect");
@@ -364,11 +379,16 @@ impl ControlTask {
         }
         let old = self.renewal.not_after();
         match self.renewal.renew(&mut client.clone()).await {
-            Ok(not_after) => tracing::info!(
-                old_not_after_unix = old,
-                not_after_unix = not_after,
-                "certificate renewed"
-            ),
+            Ok(not_after) => {
+                self.state
+                    .cert_not_after
+                    .store(not_after, Ordering::Relaxed);
+                tracing::info!(
+                    old_not_after_unix = old,
+                    not_after_unix = not_after,
+                    "certificate renewed"
+                )
+            }
             Err(e) => tracing::warn!(
                 not_after_unix = old,
                 "certificate renewal failed, will retry: {e}"

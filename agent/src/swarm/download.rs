@@ -159,6 +159,9 @@ struct Download {
     progress: watch::Sender<pb::TransferProgress>,
     samples: VecDeque<(Instant, u64)>,
     bytes_done: u64,
+    /// The download's span; sampled chunk requests get a child of it.
+    span: tracing::Span,
+    requests: u64,
 }
 
 /// Runs the download of `pkg` to completion. Returns the stable path.
@@ -191,6 +194,8 @@ pub async fn run(
         tx,
         progress,
         samples: VecDeque::new(),
+        span: tracing::Span::current(),
+        requests: 0,
     };
     let mut table = ctx.peers.subscribe();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -369,6 +374,7 @@ impl Download {
                         &c.received_from_peers
                     };
                     counter.fetch_add(bytes, Ordering::Relaxed);
+                    c.chunk_fetch_seconds.observe(secs);
                 }
                 if let Some(p) = self.peers.get_mut(&agent) {
                     p.failures = 0;
@@ -393,6 +399,7 @@ impl Download {
                     .fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(package = %self.name(), peer = %agent, chunk, "rejected a chunk: {reason}");
                 if self.ctx.reputation.strike(&agent) {
+                    self.ctx.counters.peer_bans.fetch_add(1, Ordering::Relaxed);
                     self.ctx.events.emit(
                         "peer_banned",
                         &self.name(),
@@ -438,6 +445,10 @@ impl Download {
                         // Super-seeding at work, not a fault.
                         tracing::debug!(package = %name, peer = %agent, "origin declined chunks it already sent");
                     } else if let Some(e) = error {
+                        self.ctx
+                            .counters
+                            .fetch_errors
+                            .fetch_add(1, Ordering::Relaxed);
                         p.failures += 1;
                         p.throughput *= 0.5;
                         tracing::debug!(package = %name, peer = %agent, "request failed: {e}");
@@ -448,7 +459,13 @@ impl Download {
                     self.drop_peer(&agent);
                 }
             }
-            Msg::StoreFailed(e) => return Err(e),
+            Msg::StoreFailed(e) => {
+                self.ctx
+                    .counters
+                    .store_errors
+                    .fetch_add(1, Ordering::Relaxed);
+                return Err(e);
+            }
         }
         Ok(())
     }
@@ -525,13 +542,23 @@ impl Download {
             self.inflight.entry(c).or_default().push(agent.to_owned());
             self.inflight_bytes += u64::from(self.pkg.manifest.chunks[c as usize].length);
         }
-        self.tasks.spawn(fetch(
-            self.ctx.clone(),
-            self.pkg.clone(),
-            agent.to_owned(),
-            peer.conn.clone(),
-            chunks,
-            self.tx.clone(),
+        self.requests += 1;
+        let every = u64::from(self.ctx.settings.chunk_trace_every);
+        let span = if every > 0 && self.requests % every == 1 % every {
+            tracing::info_span!(parent: &self.span, "chunk.fetch", peer = %agent, chunks = chunks.len())
+        } else {
+            tracing::Span::none()
+        };
+        self.tasks.spawn(tracing::Instrument::instrument(
+            fetch(
+                self.ctx.clone(),
+                self.pkg.clone(),
+                agent.to_owned(),
+                peer.conn.clone(),
+                chunks,
+                self.tx.clone(),
+            ),
+            span,
         ));
     }
 
@@ -685,10 +712,16 @@ async fn fetch(
     tx: mpsc::Sender<Msg>,
 ) {
     let timeout = ctx.settings.request_timeout;
-    let req = pb::FetchChunksRequest {
+    let mut req = tonic::Request::new(pb::FetchChunksRequest {
         content_id: bytes::Bytes::copy_from_slice(pkg.id.as_bytes()),
         chunks: chunks.clone(),
-    };
+    });
+    // Only sampled requests carry their context: the serving peer then
+    // records its side under ours.
+    let span = tracing::Span::current();
+    if !span.is_none() {
+        crate::telemetry::inject(&span, req.metadata_mut());
+    }
     let mut done = 0usize;
     let mut busy = false;
     let mut declined = false;

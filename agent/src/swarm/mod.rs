@@ -33,14 +33,53 @@ use crate::limits::RateLimiter;
 use crate::store::Store;
 use crate::transport::tls::DenyList;
 
-/// Byte counters for status and metrics.
-#[derive(Debug, Default)]
+/// Counters for status and metrics ([`crate::metrics`] reads them).
+#[derive(Debug)]
 pub struct Counters {
     pub received_from_peers: AtomicU64,
     pub received_from_origin: AtomicU64,
     pub sent: AtomicU64,
     pub chunks_verified: AtomicU64,
     pub chunks_rejected: AtomicU64,
+    pub peer_bans: AtomicU64,
+    /// Chunk requests that failed (not a bad chunk: a broken stream, a
+    /// timeout, a refusal other than busy).
+    pub fetch_errors: AtomicU64,
+    pub store_errors: AtomicU64,
+    pub serve_errors: AtomicU64,
+    pub controller_errors: AtomicU64,
+    /// One chunk, requested to verified.
+    pub chunk_fetch_seconds: prometheus::Histogram,
+}
+
+/// Chunk fetch buckets: 10 ms (1 MiB on loopback) to 2 min (a 16 MiB
+/// chunk behind a throttled link).
+const CHUNK_FETCH_BUCKETS: &[f64] = &[
+    0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
+];
+
+impl Default for Counters {
+    fn default() -> Self {
+        let opts = prometheus::HistogramOpts::new(
+            "shoal_agent_chunk_fetch_duration_seconds",
+            "One chunk request, sent to verified.",
+        )
+        .buckets(CHUNK_FETCH_BUCKETS.to_vec());
+        Self {
+            received_from_peers: AtomicU64::default(),
+            received_from_origin: AtomicU64::default(),
+            sent: AtomicU64::default(),
+            chunks_verified: AtomicU64::default(),
+            chunks_rejected: AtomicU64::default(),
+            peer_bans: AtomicU64::default(),
+            fetch_errors: AtomicU64::default(),
+            store_errors: AtomicU64::default(),
+            serve_errors: AtomicU64::default(),
+            controller_errors: AtomicU64::default(),
+            chunk_fetch_seconds: prometheus::Histogram::with_opts(opts)
+                .expect("static histogram options are valid"),
+        }
+    }
 }
 
 /// What every swarm part shares. Owned by the agent; tasks hold an `Arc`.

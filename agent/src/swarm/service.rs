@@ -261,6 +261,18 @@ impl pb::swarm_server::Swarm for SwarmService {
         req: Request<pb::FetchChunksRequest>,
     ) -> Result<Response<Self::FetchChunksStream>, Status> {
         let caller = self.caller(&req)?;
+        // A sampled request carries its trace context: serve under it.
+        let span = if req.metadata().contains_key("traceparent") {
+            let span = tracing::info_span!(
+                "chunk.serve",
+                peer = %caller.agent_id,
+                chunks = req.get_ref().chunks.len()
+            );
+            crate::telemetry::extract(&span, req.metadata());
+            span
+        } else {
+            tracing::Span::none()
+        };
         let r = req.into_inner();
         let pkg = self.package_for(&caller, &r.content_id)?;
         if r.chunks.is_empty() {
@@ -312,7 +324,7 @@ impl pb::swarm_server::Swarm for SwarmService {
         let (tx, rx) = mpsc::channel(FRAME_QUEUE);
         let ctx = self.ctx.clone();
         let seeded = self.seeded.clone();
-        self.ctx.tasks.spawn(async move {
+        self.ctx.tasks.spawn(tracing::Instrument::instrument(async move {
             let _permit = permit;
             for c in r.chunks {
                 let started = std::time::Instant::now();
@@ -333,6 +345,7 @@ impl pb::swarm_server::Swarm for SwarmService {
                         }
                         Err(e) => {
                             tracing::warn!(package = %pkg.name_version(), chunk = c, "serving failed: {e}");
+                            ctx.counters.serve_errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                             let _ = tx.send(Err(Status::unavailable(e.to_string()))).await;
                             return;
                         }
@@ -355,7 +368,7 @@ impl pb::swarm_server::Swarm for SwarmService {
                 }
                 Self::mark_sent(&seeded, &pkg, c, started.elapsed());
             }
-        });
+        }, span));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 

@@ -69,7 +69,7 @@ impl pb::admin_server::Admin for AdminService {
         let target = format!("groups={}", r.groups.join(","));
         let state = &self.shared.state;
         audited(
-            state,
+            &self.shared,
             &req,
             Action::CreateToken,
             target,
@@ -102,7 +102,7 @@ impl pb::admin_server::Admin for AdminService {
         let group = req.get_ref().group.clone();
         let (state, fleet) = (&self.shared.state, &self.shared.fleet);
         audited(
-            state,
+            &self.shared,
             &req,
             Action::ListAgents,
             group.clone(),
@@ -130,7 +130,7 @@ impl pb::admin_server::Admin for AdminService {
         let r = req.get_ref().clone();
         let (state, fleet) = (&self.shared.state, &self.shared.fleet);
         audited(
-            state,
+            &self.shared,
             &req,
             Action::RevokeAgent,
             r.agent_id.clone(),
@@ -146,6 +146,7 @@ impl pb::admin_server::Admin for AdminService {
                     });
                     state.put_agent(&rec).await.map_err(internal)?;
                     fleet.bump();
+                    self.shared.metrics.revocations.inc();
                     tracing::info!(agent = %r.agent_id, by = %caller.name(), "agent revoked");
                 }
                 Ok(Response::new(pb::RevokeAgentResponse {}))
@@ -161,17 +162,11 @@ impl pb::admin_server::Admin for AdminService {
         let r = req.get_ref().clone();
         let target = if r.dry_run { "dry-run" } else { "" }.to_owned();
         let shared = &self.shared;
-        audited(
-            &shared.state,
-            &req,
-            Action::ApplyPolicy,
-            target,
-            |_| async move {
-                super::policies::apply(shared, &r.yaml, r.dry_run)
-                    .await
-                    .map(Response::new)
-            },
-        )
+        audited(shared, &req, Action::ApplyPolicy, target, |_| async move {
+            super::policies::apply(shared, &r.yaml, r.dry_run)
+                .await
+                .map(Response::new)
+        })
         .await
     }
 
@@ -182,7 +177,7 @@ impl pb::admin_server::Admin for AdminService {
         let name = req.get_ref().name.clone();
         let shared = &self.shared;
         audited(
-            &shared.state,
+            shared,
             &req,
             Action::GetPolicy,
             name.clone(),
@@ -208,7 +203,7 @@ impl pb::admin_server::Admin for AdminService {
             .unwrap_or_else(|| "(unreadable manifest)".into());
         let shared = &self.shared;
         audited(
-            &shared.state,
+            shared,
             &req,
             Action::RegisterPackage,
             target,
@@ -228,7 +223,7 @@ impl pb::admin_server::Admin for AdminService {
         let package = req.get_ref().package.clone();
         let shared = &self.shared;
         audited(
-            &shared.state,
+            shared,
             &req,
             Action::WithdrawPackage,
             package.clone(),
@@ -248,7 +243,7 @@ impl pb::admin_server::Admin for AdminService {
         let r = req.get_ref().clone();
         let shared = &self.shared;
         audited(
-            &shared.state,
+            shared,
             &req,
             Action::SearchCatalog,
             r.text.clone(),
@@ -267,7 +262,7 @@ impl pb::admin_server::Admin for AdminService {
         let ns = req.get_ref().namespace.clone().unwrap_or_default();
         let shared = &self.shared;
         audited(
-            &shared.state,
+            shared,
             &req,
             Action::SetNamespace,
             ns.name.clone(),
@@ -285,7 +280,7 @@ impl pb::admin_server::Admin for AdminService {
     ) -> Result<Response<pb::ListNamespacesResponse>, Status> {
         let shared = &self.shared;
         audited(
-            &shared.state,
+            shared,
             &req,
             Action::ListNamespaces,
             String::new(),
@@ -304,17 +299,11 @@ impl pb::admin_server::Admin for AdminService {
         let r = req.get_ref().clone();
         let target = format!("{} to {}", r.package, r.group);
         let shared = &self.shared;
-        audited(
-            &shared.state,
-            &req,
-            Action::Assign,
-            target,
-            |caller| async move {
-                super::rollouts::assign(shared, &caller, r)
-                    .await
-                    .map(Response::new)
-            },
-        )
+        audited(shared, &req, Action::Assign, target, |caller| async move {
+            super::rollouts::assign(shared, &caller, r)
+                .await
+                .map(Response::new)
+        })
         .await
     }
 
@@ -325,7 +314,7 @@ impl pb::admin_server::Admin for AdminService {
         let r = req.get_ref().clone();
         let shared = &self.shared;
         audited(
-            &shared.state,
+            shared,
             &req,
             Action::RolloutStatus,
             r.package.clone(),
@@ -341,7 +330,7 @@ impl pb::admin_server::Admin for AdminService {
         let r = req.get_ref().clone();
         let state = &self.shared.state;
         audited(
-            state,
+            &self.shared,
             &req,
             Action::QueryAudit,
             r.actor.clone(),
@@ -380,7 +369,7 @@ impl pb::admin_server::Admin for AdminService {
     ) -> Result<Response<Self::BackupStream>, Status> {
         let shared = &self.shared;
         let data = audited(
-            &shared.state,
+            shared,
             &req,
             Action::Backup,
             String::new(),

@@ -102,7 +102,7 @@ const SESSION_QUEUE: usize = 16;
 /// After a change, a session waits this long before reading the fleet, so
 /// a burst of changes (agents enrolling, reporting addresses) costs each
 /// session one update, not one per change.
-const SESSION_COALESCE: std::time::Duration = std::time::Duration::from_millis(500);
+const SESSION_COALESCE: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// What one session last sent, so it sends only what changed.
 #[derive(Debug, Default)]
@@ -282,6 +282,7 @@ async fn apply_report(
             None
         }
         Some(pb::agent_report::Report::Status(st)) => {
+            shared.metrics.status_reports.inc();
             shared.fleet.report(id, session, |o| {
                 o.last_seen_ms = now;
                 o.policy_version = st.policy_version;
@@ -324,6 +325,7 @@ async fn track_rollouts(
 
 #[tonic::async_trait]
 impl pb::agent_control_server::AgentControl for AgentControlService {
+    #[tracing::instrument(name = "agent.enroll", skip_all, fields(hostname = %req.get_ref().hostname))]
     async fn enroll(
         &self,
         req: Request<pb::EnrollRequest>,
@@ -363,6 +365,7 @@ impl pb::agent_control_server::AgentControl for AgentControlService {
             .await
             .map_err(internal)?;
         let certificate_pem = self.issue(rec.clone(), &r.csr_pem).await?;
+        self.shared.metrics.enrollments.inc();
         tracing::info!(agent = %rec.agent_id, groups = ?rec.groups, hostname = %r.hostname, "agent enrolled");
         Ok(Response::new(pb::EnrollResponse {
             agent_id: rec.agent_id,
@@ -372,6 +375,7 @@ impl pb::agent_control_server::AgentControl for AgentControlService {
         }))
     }
 
+    #[tracing::instrument(name = "agent.renew", skip_all)]
     async fn renew(
         &self,
         req: Request<pb::RenewRequest>,

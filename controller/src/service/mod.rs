@@ -31,6 +31,7 @@ pub struct Shared {
     pub rollouts: Rollouts,
     /// What sessions send, per fleet change.
     pub views: Views,
+    pub metrics: crate::metrics::ControllerMetrics,
     /// Owns per-session tasks; they stop on `cancel`.
     pub tasks: TaskTracker,
     pub cancel: CancellationToken,

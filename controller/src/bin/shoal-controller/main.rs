@@ -221,16 +221,6 @@ enum AgentsCmd {
     },
 }
 
-fn init_logging(level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
-}
-
 fn main() -> ExitCode {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let args = Args::parse();
@@ -257,8 +247,25 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Cmd::Serve => {
-            init_logging(&config.log_level);
-            runtime.block_on(serve(config))
+            // The OTLP exporter needs the runtime, and must be flushed
+            // after the controller has stopped.
+            let telemetry = match runtime.block_on(async {
+                shoal_agent::telemetry::init(
+                    "shoal-controller",
+                    &config.log_level,
+                    config.log_format,
+                    config.otlp.as_ref(),
+                )
+            }) {
+                Ok(t) => t,
+                Err(e) => {
+                    eprintln!("shoal-controller: {e}");
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            };
+            let code = runtime.block_on(serve(config));
+            telemetry.shutdown();
+            code
         }
         Cmd::Restore { from } => restore(&from, &config.data_dir, args.json),
         Cmd::Identity(IdentityCmd::Create { who, roles, out }) => {
