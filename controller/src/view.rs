@@ -6,7 +6,7 @@
 //! and hands every session the same `Arc`.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use shoal_proto::pb;
@@ -136,21 +136,33 @@ const MIN_REBUILD: Duration = Duration::from_millis(250);
 /// The current view, rebuilt when the fleet's generation moves.
 #[derive(Debug, Default)]
 pub struct Views {
-    current: Mutex<Option<(Instant, Arc<FleetView>)>>,
+    /// An async lock: sessions waiting for a rebuild yield their worker
+    /// instead of blocking it.
+    current: tokio::sync::Mutex<Option<(Instant, Arc<FleetView>)>>,
 }
 
 impl Views {
     /// The newest view; at least of `generation` unless one was built
     /// within [`MIN_REBUILD`], in which case the caller gets an older one
-    /// and should ask again later.
-    pub fn get(&self, shared: &Shared, generation: u64) -> Result<Arc<FleetView>, Status> {
-        let mut cur = self.current.lock().unwrap_or_else(|p| p.into_inner());
+    /// and should ask again later. One caller builds (reading the agent
+    /// table, on the blocking pool); the others wait for it.
+    pub async fn get(
+        &self,
+        shared: &Arc<Shared>,
+        generation: u64,
+    ) -> Result<Arc<FleetView>, Status> {
+        let mut cur = self.current.lock().await;
         if let Some((built, v)) = cur.as_ref()
             && (v.generation >= generation || built.elapsed() < MIN_REBUILD)
         {
             return Ok(v.clone());
         }
-        let v = Arc::new(FleetView::build(shared, shared.fleet.generation())?);
+        let s = shared.clone();
+        let current = shared.fleet.generation();
+        let v = tokio::task::spawn_blocking(move || FleetView::build(&s, current))
+            .await
+            .map_err(|e| Status::internal(format!("building the fleet view: {e}")))??;
+        let v = Arc::new(v);
         *cur = Some((Instant::now(), v.clone()));
         Ok(v)
     }

@@ -145,8 +145,14 @@ impl StateDb {
         Ok(out)
     }
 
+    /// Blocking `flush` on the blocking pool: sled 0.34's `flush_async`
+    /// never returns when called concurrently (sled issue 1308).
     pub async fn flush(&self) -> Result<(), StoreError> {
-        self.db.flush_async().await.map_err(db_err)?;
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || db.flush())
+            .await
+            .map_err(|e| StoreError::Internal(format!("flush task: {e}")))?
+            .map_err(db_err)?;
         Ok(())
     }
 }

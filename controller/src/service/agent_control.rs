@@ -14,7 +14,7 @@ use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::{Shared, SharedRef, internal};
+use super::{SharedRef, internal};
 use crate::auth::Caller;
 use crate::fleet::Online;
 use crate::state::{AgentRecord, StateError};
@@ -177,25 +177,28 @@ async fn run_session(
     tx: mpsc::Sender<Result<pb::ControllerUpdate, Status>>,
 ) {
     let mut changed = shared.fleet.subscribe();
-    changed.mark_changed();
+    // When to send what changed: at once for the first update, then a
+    // moment after a change, so a burst costs one update. Reports are read
+    // and acknowledged meanwhile.
+    let mut due = Some(tokio::time::Instant::now());
     let mut sent = Sent::default();
-    let mut first = true;
     let why = loop {
+        let deadline = due.unwrap_or_else(|| tokio::time::Instant::now() + SESSION_COALESCE);
         tokio::select! {
+            biased;
             _ = shared.cancel.cancelled() => break "controller shutting down".to_owned(),
-            r = changed.changed() => {
+            // Not polled while an update is due: it would fire again and
+            // again until the change is consumed below.
+            r = changed.changed(), if due.is_none() => {
                 if r.is_err() {
                     break "controller shutting down".to_owned();
                 }
-                if !first {
-                    tokio::select! {
-                        _ = shared.cancel.cancelled() => break "controller shutting down".to_owned(),
-                        _ = tokio::time::sleep(SESSION_COALESCE) => {}
-                    }
-                }
-                first = false;
+                due = Some(tokio::time::Instant::now() + SESSION_COALESCE);
+            }
+            _ = tokio::time::sleep_until(deadline), if due.is_some() => {
+                due = None;
                 let generation = *changed.borrow_and_update();
-                let view = match shared.views.get(&shared, generation) {
+                let view = match shared.views.get(&shared, generation).await {
                     Ok(v) => v,
                     Err(e) => break e.message().to_owned(),
                 };
@@ -213,7 +216,7 @@ async fn run_session(
                 }
                 if view.generation < generation {
                     // An older view, shared under load: come back for the new one.
-                    changed.mark_changed();
+                    due = Some(tokio::time::Instant::now() + SESSION_COALESCE);
                 }
             }
             msg = reports.message() => match msg {
@@ -254,7 +257,7 @@ fn send_all(
 /// Takes one report; returns the sequence number of a status report to
 /// acknowledge.
 async fn apply_report(
-    shared: &Shared,
+    shared: &SharedRef,
     id: &str,
     session: u64,
     report: pb::AgentReport,
@@ -302,7 +305,7 @@ async fn apply_report(
 /// Records where the agent stands in its rollouts and releases waves that
 /// became due.
 async fn track_rollouts(
-    shared: &Shared,
+    shared: &SharedRef,
     id: &str,
     st: &pb::Status,
     now: i64,
@@ -310,6 +313,7 @@ async fn track_rollouts(
     let view = shared
         .views
         .get(shared, 0)
+        .await
         .map_err(|s| StateError::Db(sled::Error::Unsupported(s.message().to_owned())))?;
     let Some(rec) = view.agents.get(id) else {
         return Ok(());

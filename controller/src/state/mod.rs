@@ -196,8 +196,16 @@ impl State {
     }
 
     /// Makes every change so far durable; call before acknowledging one.
+    ///
+    /// Blocking `flush` on the blocking pool, not sled 0.34's
+    /// `flush_async`: concurrent `flush_async` calls never return (sled
+    /// issue 1308; 32 enrollments at once hung the controller), while
+    /// concurrent blocking flushes are safe and cheap when nothing is dirty.
     pub async fn flush(&self) -> Result<(), StateError> {
-        self.db.flush_async().await?;
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || db.flush())
+            .await
+            .map_err(|e| StateError::Db(sled::Error::Unsupported(format!("flush task: {e}"))))??;
         Ok(())
     }
 
@@ -333,15 +341,18 @@ impl State {
         docs: &[(String, crate::policy::PolicyDoc)],
     ) -> Result<u64, StateError> {
         let _writing = self.gate.read().await;
-        use sled::Transactional;
-        let version = (&self.policies, &self.meta)
-            .transaction(|(policies, meta)| {
+        // A transaction blocks (and under contention spins): keep it off
+        // the async workers, or it stalls every session.
+        let (policies, meta, docs) = (self.policies.clone(), self.meta.clone(), docs.to_vec());
+        let version = tokio::task::spawn_blocking(move || {
+            use sled::Transactional;
+            (&policies, &meta).transaction(|(policies, meta)| {
                 let version = meta
                     .get(POLICY_VERSION_KEY)?
                     .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
                     .map_or(0, u64::from_be_bytes)
                     + 1;
-                for (yaml, doc) in docs {
+                for (yaml, doc) in &docs {
                     let rec = StoredPolicy {
                         yaml: yaml.clone(),
                         doc: doc.clone(),
@@ -352,12 +363,15 @@ impl State {
                 meta.insert(POLICY_VERSION_KEY, &version.to_be_bytes())?;
                 Ok(version)
             })
-            .map_err(|e: sled::transaction::TransactionError<()>| match e {
-                sled::transaction::TransactionError::Storage(e) => StateError::Db(e),
-                sled::transaction::TransactionError::Abort(()) => StateError::Db(
-                    sled::Error::Unsupported("policy transaction aborted".into()),
-                ),
-            })?;
+        })
+        .await
+        .map_err(|e| StateError::Db(sled::Error::Unsupported(format!("policy task: {e}"))))?
+        .map_err(|e: sled::transaction::TransactionError<()>| match e {
+            sled::transaction::TransactionError::Storage(e) => StateError::Db(e),
+            sled::transaction::TransactionError::Abort(()) => StateError::Db(
+                sled::Error::Unsupported("policy transaction aborted".into()),
+            ),
+        })?;
         self.flush().await?;
         Ok(version)
     }
