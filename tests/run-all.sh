@@ -17,6 +17,30 @@ if ! command -v ip >/dev/null 2>&1 || ! command -v tc >/dev/null 2>&1; then
   fi
 fi
 
+# The observability test runs a real Prometheus against the agents and the
+# controller (Debian's prometheus: the server and promtool). Install it
+# where it is missing and we may; without it that test skips with a
+# message. The package's scripts would start a prometheus service on :9090;
+# a policy-rc.d denying service starts keeps it off for the install (the
+# test uses its own loopback port either way), and goes again after.
+if [ ! -x /usr/bin/prometheus ] || [ ! -x /usr/bin/promtool ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    log "installing prometheus"
+    own_policy=
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+      printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+      chmod 755 /usr/sbin/policy-rc.d
+      own_policy=1
+    fi
+    status=0
+    { apt-get update -qq &&
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; } ||
+      status=$?
+    if [ -n "$own_policy" ]; then rm -f /usr/sbin/policy-rc.d; fi
+    [ "$status" = 0 ] || exit "$status"
+  fi
+fi
+
 # Use nextest when present (per-test processes, timeouts); cargo test works too.
 runner=(cargo test --workspace --locked)
 if cargo nextest --version >/dev/null 2>&1; then
