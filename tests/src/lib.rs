@@ -12,6 +12,7 @@ pub mod controller;
 pub mod evil;
 pub mod netns;
 pub mod process;
+pub mod sim;
 pub mod swarm;
 
 /// Path of a workspace binary (`shoal`, `shoal-agent`, …), built fresh.

@@ -23,30 +23,13 @@ use tokio_util::sync::CancellationToken;
 use super::SwarmContext;
 use super::picker::Picker;
 use super::pool::PeerConn;
+use super::scheduling::{self, BATCH_BYTES, BATCH_CHUNKS, BUSY_BACKOFF, MAX_INFLIGHT_BYTES};
 use crate::discovery::{PeerEntry, PeerKey};
 use crate::store::{Bitfield, ChunkOutcome, ChunkWriter, Package, StoreError};
 
-/// Bytes asked of a peer in one request: large enough to amortise the
-/// round trip, small enough that a stalled peer holds little hostage.
-const BATCH_BYTES: u64 = 4 << 20;
-/// Chunks per request at most (many small files).
-const BATCH_CHUNKS: usize = 64;
-/// A peer is kept busy with about this much data in flight (its measured
-/// throughput times this), so a slow or shared peer is not asked for more
-/// than it can send soon: otherwise every agent queues the same chunks at
-/// the seed at once and the seed uploads many copies.
-const PIPELINE_SECONDS: f64 = 0.5;
-/// After a "busy" answer, leave the peer alone this long.
-const BUSY_BACKOFF: Duration = Duration::from_millis(300);
 /// Chunks the origin declined (it sent them to other peers already) are
 /// not asked of it again for this long: by then a peer has them.
 const DECLINED_BACKOFF: Duration = Duration::from_secs(3);
-/// Bytes of chunk requests in flight per download, across all peers.
-/// Chunks stream to disk, so this costs no memory; it must cover several
-/// peers' worth of slow streams (a peer splits its upload among its
-/// slots), or the download idles: at 24 MiB a 10-agent swarm with 4 MiB
-/// chunks ran at 72 % of its links, at 64 MiB at 90 %.
-const MAX_INFLIGHT_BYTES: u64 = 64 << 20;
 /// First retry delay for a peer that could not help; doubles to the max.
 const RETRY_MIN: Duration = Duration::from_secs(2);
 const RETRY_MAX: Duration = Duration::from_secs(30);
@@ -124,14 +107,17 @@ struct Peer {
 }
 
 impl Peer {
-    /// Requests this peer may have in flight: one until it has shown its
-    /// speed, then enough to cover [`PIPELINE_SECONDS`] of its throughput.
     fn window(&self, max: usize) -> usize {
-        if self.idle_until.is_some_and(|t| t > Instant::now()) {
-            return 0;
+        let idle = self.idle_until.is_some_and(|t| t > Instant::now());
+        scheduling::window(self.throughput, idle, max)
+    }
+
+    fn rank(&self) -> scheduling::PeerRank {
+        scheduling::PeerRank {
+            origin: self.origin,
+            same_subnet: self.same_subnet,
+            throughput: self.throughput,
         }
-        let want = (self.throughput * PIPELINE_SECONDS / BATCH_BYTES as f64).ceil() as usize + 1;
-        want.clamp(1, max)
     }
 }
 
@@ -484,14 +470,7 @@ impl Download {
             .filter(|(_, p)| p.inflight < p.window(max_req))
             .map(|(id, _)| id.clone())
             .collect();
-        // Non-origin first, then same subnet, then the fastest recently.
-        order.sort_by(|a, b| {
-            let (pa, pb) = (&self.peers[a], &self.peers[b]);
-            pa.origin
-                .cmp(&pb.origin)
-                .then(pb.same_subnet.cmp(&pa.same_subnet))
-                .then(pb.throughput.total_cmp(&pa.throughput))
-        });
+        order.sort_by(|a, b| scheduling::peer_order(&self.peers[a].rank(), &self.peers[b].rank()));
         for id in order {
             while let Some(peer) = self.peers.get(&id) {
                 if peer.inflight >= peer.window(max_req)

@@ -14,6 +14,7 @@ pub mod picker;
 pub mod pool;
 pub mod reputation;
 pub mod resolve;
+pub mod scheduling;
 pub mod service;
 
 use std::net::IpAddr;

@@ -76,8 +76,10 @@ impl Picker {
         }
     }
 
-    fn reorder(&mut self, have: &Bitfield) {
-        let due = self.built.is_none_or(|t| t.elapsed() >= REORDER_INTERVAL);
+    fn reorder(&mut self, have: &Bitfield, now: Instant) {
+        let due = self
+            .built
+            .is_none_or(|t| now.saturating_duration_since(t) >= REORDER_INTERVAL);
         if !(self.dirty && due) {
             return;
         }
@@ -87,7 +89,7 @@ impl Picker {
         order.sort_by_key(|&i| (self.rarity[i as usize], mix(self.seed, i)));
         self.order = order;
         self.dirty = false;
-        self.built = Some(Instant::now());
+        self.built = Some(now);
     }
 
     /// Chunks to ask a peer holding `peer_has` for: not held, not in
@@ -106,7 +108,32 @@ impl Picker {
         max_chunks: usize,
         unique_only: bool,
     ) -> Vec<u32> {
-        self.reorder(have);
+        self.pick_at(
+            Instant::now(),
+            peer_has,
+            have,
+            inflight,
+            avoid,
+            max_bytes,
+            max_chunks,
+            unique_only,
+        )
+    }
+
+    /// [`Picker::pick`] on a given clock (the fleet simulation's).
+    #[allow(clippy::too_many_arguments)]
+    pub fn pick_at(
+        &mut self,
+        now: Instant,
+        peer_has: &Bitfield,
+        have: &Bitfield,
+        inflight: &HashMap<u32, Vec<String>>,
+        avoid: &HashMap<u32, std::time::Instant>,
+        max_bytes: u64,
+        max_chunks: usize,
+        unique_only: bool,
+    ) -> Vec<u32> {
+        self.reorder(have, now);
         let mut out = Vec::new();
         let mut bytes = 0u64;
         for &i in &self.order {

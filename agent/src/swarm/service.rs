@@ -43,7 +43,7 @@ pub const SUPERSEED_WINDOW: std::time::Duration = std::time::Duration::from_secs
 /// took: on slow links a chunk needs that long to spread a few hops, and a
 /// fixed window let the origin send many chunks twice (1.57 copies with
 /// 30 agents on 30 Mbit/s links).
-const SUPERSEED_SEND_TIMES: u32 = 4;
+pub const SUPERSEED_SEND_TIMES: u32 = 4;
 
 /// Serves this agent's packages to its peers.
 #[derive(Debug, Clone)]
