@@ -32,7 +32,7 @@ use crate::transfers::Transfers;
 pub enum MetricsError {
     #[error("registering metrics: {0}")]
     Register(#[from] prometheus::Error),
-    #[error("metrics.listen {addr}: {cause} (choose a free address, or `off`)")]
+    #[error("metrics endpoint {addr}: {cause} (choose a free address, or `off`)")]
     Bind {
         addr: SocketAddr,
         cause: std::io::Error,
@@ -89,14 +89,7 @@ impl AgentMetrics {
     ) -> Result<Self, MetricsError> {
         let registry = Registry::new();
         let r = &registry;
-        fn reg<M: prometheus::core::Collector + Clone + 'static>(
-            r: &Registry,
-            m: M,
-        ) -> Result<M, prometheus::Error> {
-            r.register(Box::new(m.clone()))?;
-            Ok(m)
-        }
-        let info = reg(
+        let info = register(
             r,
             IntGaugeVec::new(
                 Opts::new("shoal_agent_info", "Build and identity of this agent."),
@@ -105,9 +98,9 @@ impl AgentMetrics {
         )?;
         info.with_label_values(&[env!("CARGO_PKG_VERSION"), ctx.identity.agent_id.as_str()])
             .set(1);
-        reg(r, ctx.counters.chunk_fetch_seconds.clone())?;
+        register(r, ctx.counters.chunk_fetch_seconds.clone())?;
         Ok(Self {
-            received: reg(
+            received: register(
                 r,
                 IntCounterVec::new(
                     Opts::new(
@@ -117,56 +110,56 @@ impl AgentMetrics {
                     &["source"],
                 )?,
             )?,
-            sent: reg(
+            sent: register(
                 r,
                 IntCounter::new(
                     "shoal_agent_sent_bytes_total",
                     "Chunk bytes served to peers.",
                 )?,
             )?,
-            verified: reg(
+            verified: register(
                 r,
                 IntCounter::new(
                     "shoal_agent_chunks_verified_total",
                     "Chunks whose hash matched and were stored.",
                 )?,
             )?,
-            rejected: reg(
+            rejected: register(
                 r,
                 IntCounter::new(
                     "shoal_agent_chunks_rejected_total",
                     "Chunks that failed verification.",
                 )?,
             )?,
-            bans: reg(
+            bans: register(
                 r,
                 IntCounter::new(
                     "shoal_agent_peer_bans_total",
                     "Peers banned for bad chunks.",
                 )?,
             )?,
-            errors: reg(
+            errors: register(
                 r,
                 IntCounterVec::new(
                     Opts::new("shoal_agent_errors_total", "Errors by where they happened."),
                     &["kind"],
                 )?,
             )?,
-            transfer_count: reg(
+            transfer_count: register(
                 r,
                 IntGaugeVec::new(
                     Opts::new("shoal_agent_transfers", "Downloads running and waiting."),
                     &["state"],
                 )?,
             )?,
-            packages: reg(
+            packages: register(
                 r,
                 IntGaugeVec::new(
                     Opts::new("shoal_agent_packages", "Packages held, by state."),
                     &["state"],
                 )?,
             )?,
-            progress: reg(
+            progress: register(
                 r,
                 GaugeVec::new(
                     Opts::new(
@@ -176,21 +169,21 @@ impl AgentMetrics {
                     &["package"],
                 )?,
             )?,
-            peers: reg(
+            peers: register(
                 r,
                 IntGaugeVec::new(
                     Opts::new("shoal_agent_peers", "Peers known, by how they were found."),
                     &["source"],
                 )?,
             )?,
-            peers_connected: reg(
+            peers_connected: register(
                 r,
                 IntGauge::new(
                     "shoal_agent_peers_connected",
                     "Peers with an open connection.",
                 )?,
             )?,
-            rate_wait: reg(
+            rate_wait: register(
                 r,
                 CounterVec::new(
                     Opts::new(
@@ -200,32 +193,32 @@ impl AgentMetrics {
                     &["direction"],
                 )?,
             )?,
-            store_used: reg(
+            store_used: register(
                 r,
                 IntGauge::new(
                     "shoal_agent_store_used_bytes",
                     "Bytes of package content in the cache.",
                 )?,
             )?,
-            store_quota: reg(
+            store_quota: register(
                 r,
                 IntGauge::new("shoal_agent_store_quota_bytes", "Cache quota (0 = none).")?,
             )?,
-            controller_connected: reg(
+            controller_connected: register(
                 r,
                 IntGauge::new(
                     "shoal_agent_controller_connected",
                     "1 while a controller session is open.",
                 )?,
             )?,
-            policy_version: reg(
+            policy_version: register(
                 r,
                 IntGauge::new(
                     "shoal_agent_policy_version",
                     "Version of the controller policy in force (0 = none).",
                 )?,
             )?,
-            cert_expiry: reg(
+            cert_expiry: register(
                 r,
                 IntGauge::new(
                     "shoal_agent_certificate_expiry_timestamp_seconds",
@@ -353,10 +346,15 @@ impl AgentMetrics {
     }
 }
 
-/// Binds `addr` and serves `/metrics` and `/healthz` on `tasks` until
-/// `cancel`.
-pub async fn serve(
-    metrics: AgentMetrics,
+/// What `/metrics` answers: the current exposition. Called on the
+/// blocking pool, since gathering may read state from disk.
+pub type Render = Arc<dyn Fn() -> String + Send + Sync>;
+
+/// Binds `addr` and serves `/metrics` (from `render`) and `/healthz` on
+/// `tasks` until `cancel`; returns the bound address. The agent and the
+/// controller both serve their metrics this way.
+pub async fn serve_endpoint(
+    render: Render,
     addr: SocketAddr,
     tasks: &TaskTracker,
     cancel: CancellationToken,
@@ -367,16 +365,18 @@ pub async fn serve(
     let bound = listener
         .local_addr()
         .map_err(|cause| MetricsError::Bind { addr, cause })?;
-    let metrics = Arc::new(metrics);
     let app = axum::Router::new()
         .route(
             "/metrics",
             axum::routing::get(move || {
-                let m = metrics.clone();
+                let render = render.clone();
                 async move {
+                    let text = tokio::task::spawn_blocking(move || render())
+                        .await
+                        .unwrap_or_default();
                     (
                         [(axum::http::header::CONTENT_TYPE, prometheus::TEXT_FORMAT)],
-                        m.render(),
+                        text,
                     )
                 }
             }),
@@ -392,4 +392,24 @@ pub async fn serve(
     });
     tracing::info!(addr = %bound, "metrics at /metrics");
     Ok(bound)
+}
+
+/// Serves this agent's metrics at `addr` (see [`serve_endpoint`]).
+pub async fn serve(
+    metrics: AgentMetrics,
+    addr: SocketAddr,
+    tasks: &TaskTracker,
+    cancel: CancellationToken,
+) -> Result<SocketAddr, MetricsError> {
+    let metrics = Arc::new(metrics);
+    serve_endpoint(Arc::new(move || metrics.render()), addr, tasks, cancel).await
+}
+
+/// Registers `m` in `r` and hands it back, for building metric structs.
+pub fn register<M: prometheus::core::Collector + Clone + 'static>(
+    r: &Registry,
+    m: M,
+) -> Result<M, prometheus::Error> {
+    r.register(Box::new(m.clone()))?;
+    Ok(m)
 }

@@ -22,18 +22,7 @@ use tokio_util::task::TaskTracker;
 use crate::rollout::{members, wave_of};
 use crate::service::Shared;
 
-/// Why the metrics endpoint could not start.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum MetricsError {
-    #[error("registering metrics: {0}")]
-    Register(#[from] prometheus::Error),
-    #[error("metrics_listen {addr}: {cause} (choose a free address, or `off`)")]
-    Bind {
-        addr: SocketAddr,
-        cause: std::io::Error,
-    },
-}
+pub use shoal_agent::metrics::MetricsError;
 
 /// Admin call buckets: 1 ms to 10 s.
 const ADMIN_BUCKETS: &[f64] = &[
@@ -60,13 +49,7 @@ pub struct ControllerMetrics {
     cert_expiry_min: IntGauge,
 }
 
-fn reg<M: prometheus::core::Collector + Clone + 'static>(
-    r: &Registry,
-    m: M,
-) -> Result<M, prometheus::Error> {
-    r.register(Box::new(m.clone()))?;
-    Ok(m)
-}
+use shoal_agent::metrics::register as reg;
 
 fn gauge_vec(
     r: &Registry,
@@ -309,47 +292,13 @@ impl ControllerMetrics {
     }
 }
 
-/// Binds `addr` and serves `/metrics` and `/healthz` on `tasks` until
-/// `cancel`; returns the bound address.
+/// Serves the controller's metrics at `addr` (the agent crate's endpoint).
 pub async fn serve(
     shared: Arc<Shared>,
     addr: SocketAddr,
     tasks: &TaskTracker,
     cancel: CancellationToken,
 ) -> Result<SocketAddr, MetricsError> {
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|cause| MetricsError::Bind { addr, cause })?;
-    let bound = listener
-        .local_addr()
-        .map_err(|cause| MetricsError::Bind { addr, cause })?;
-    let app = axum::Router::new()
-        .route(
-            "/metrics",
-            axum::routing::get(move || {
-                let shared = shared.clone();
-                async move {
-                    // Reading state is blocking work; keep it off the
-                    // async workers.
-                    let text = tokio::task::spawn_blocking(move || shared.metrics.render(&shared))
-                        .await
-                        .unwrap_or_default();
-                    (
-                        [(axum::http::header::CONTENT_TYPE, prometheus::TEXT_FORMAT)],
-                        text,
-                    )
-                }
-            }),
-        )
-        .route("/healthz", axum::routing::get(|| async { "ok\n" }));
-    tasks.spawn(async move {
-        let served = axum::serve(listener, app)
-            .with_graceful_shutdown(cancel.cancelled_owned())
-            .await;
-        if let Err(e) = served {
-            tracing::warn!("metrics endpoint stopped: {e}");
-        }
-    });
-    tracing::info!(addr = %bound, "metrics at /metrics");
-    Ok(bound)
+    let render = Arc::new(move || shared.metrics.render(&shared));
+    shoal_agent::metrics::serve_endpoint(render, addr, tasks, cancel).await
 }

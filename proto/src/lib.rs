@@ -13,6 +13,7 @@
 pub mod chunking;
 pub mod content_id;
 pub mod identity;
+pub mod labels;
 pub mod manifest;
 pub mod package;
 pub mod pb;

@@ -659,17 +659,7 @@ async fn watch(
 
 /// `key=value` labels from the command line.
 fn parse_labels(labels: &[String]) -> Result<Vec<pb::Label>, CliError> {
-    labels
-        .iter()
-        .map(|l| {
-            l.split_once('=')
-                .map(|(k, v)| pb::Label {
-                    key: k.into(),
-                    value: v.into(),
-                })
-                .ok_or_else(|| CliError::usage(format!("--label {l:?}: use key=value")))
-        })
-        .collect()
+    shoal_proto::labels::parse_labels(labels).map_err(|e| CliError::usage(format!("--label: {e}")))
 }
 
 fn catalog_json(entries: &[pb::CatalogEntry]) -> serde_json::Value {

@@ -30,18 +30,9 @@ impl AdminService {
     }
 }
 
-fn labels(l: &[(String, String)]) -> Vec<pb::Label> {
-    l.iter()
-        .map(|(k, v)| pb::Label {
-            key: k.clone(),
-            value: v.clone(),
-        })
-        .collect()
-}
-
 fn agent_info(a: AgentRecord, online: Option<Online>) -> pb::AgentInfo {
     pb::AgentInfo {
-        labels: labels(&a.labels),
+        labels: shoal_proto::labels::to_pb(&a.labels),
         agent_id: a.agent_id,
         groups: a.groups,
         online: online.is_some(),

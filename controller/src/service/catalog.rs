@@ -13,22 +13,13 @@ use crate::auth::Caller;
 use crate::state::catalog::namespace_of;
 use crate::state::{CatalogRecord, NamespaceRecord, RegisterError};
 
-fn labels(l: &[(String, String)]) -> Vec<pb::Label> {
-    l.iter()
-        .map(|(k, v)| pb::Label {
-            key: k.clone(),
-            value: v.clone(),
-        })
-        .collect()
-}
-
 pub fn entry(r: &CatalogRecord) -> pb::CatalogEntry {
     pb::CatalogEntry {
         name: r.name.clone(),
         version: r.version.clone(),
         content_id: hex::decode(&r.content_id).unwrap_or_default().into(),
         total_size: r.total_size,
-        labels: labels(&r.labels),
+        labels: shoal_proto::labels::to_pb(&r.labels),
         allowed_groups: r.allowed_groups.clone(),
         publisher_key_id: r.publisher_key_id.clone(),
         registered_unix_ms: r.registered_ms,

@@ -627,17 +627,7 @@ async fn admin(
 
 /// `key=value` labels from the command line.
 pub(crate) fn parse_labels(labels: &[String]) -> anyhow::Result<Vec<pb::Label>> {
-    labels
-        .iter()
-        .map(|l| {
-            l.split_once('=')
-                .map(|(k, v)| pb::Label {
-                    key: k.into(),
-                    value: v.into(),
-                })
-                .ok_or_else(|| anyhow::anyhow!("--label {l:?}: use key=value"))
-        })
-        .collect()
+    shoal_proto::labels::parse_labels(labels).map_err(|e| anyhow::anyhow!("--label: {e}"))
 }
 
 /// `identity create`: signs an admin identity with the CA on disk.
