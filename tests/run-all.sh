@@ -41,6 +41,42 @@ if [ ! -x /usr/bin/prometheus ] || [ ! -x /usr/bin/promtool ]; then
   fi
 fi
 
+# The deployment tests (tests/tests/deploy_*.rs): Helm's library
+# (helm-python-sdk) lints and renders the chart, ansible-core and
+# ansible-lint check and run the playbooks. They go into a virtualenv of
+# their own, so no other Python's packages change; the tests find it
+# through SHOAL_TOOLS_VENV. systemd-analyze (Debian's systemd) verifies
+# the units. Installed where missing and we may (root); without them
+# those tests skip with a message.
+export SHOAL_TOOLS_VENV="${SHOAL_TOOLS_VENV:-/opt/shoal-test-tools/venv}"
+py_tools=(helm-python-sdk==0.2.2 ansible-core==2.19.14 ansible-lint==26.10.1 pyyaml)
+py_tools_ok() {
+  "$SHOAL_TOOLS_VENV/bin/python" -c 'import helm_python, yaml' >/dev/null 2>&1 &&
+    [ -x "$SHOAL_TOOLS_VENV/bin/ansible-playbook" ] &&
+    [ -x "$SHOAL_TOOLS_VENV/bin/ansible-lint" ]
+}
+if ! py_tools_ok && [ "$(id -u)" = 0 ] && command -v python3 >/dev/null 2>&1; then
+  log "installing ${py_tools[*]} into $SHOAL_TOOLS_VENV"
+  if [ ! -x "$SHOAL_TOOLS_VENV/bin/pip" ]; then
+    rm -rf "$SHOAL_TOOLS_VENV"
+    if ! python3 -m venv "$SHOAL_TOOLS_VENV" >/dev/null 2>&1; then
+      # Debian's own python3 keeps venv (ensurepip) in a package.
+      rm -rf "$SHOAL_TOOLS_VENV"
+      apt-get update -qq &&
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv
+      python3 -m venv "$SHOAL_TOOLS_VENV"
+    fi
+  fi
+  "$SHOAL_TOOLS_VENV/bin/pip" install -q --disable-pip-version-check "${py_tools[@]}"
+fi
+if ! command -v systemd-analyze >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    log "installing systemd (systemd-analyze)"
+    apt-get update -qq &&
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends systemd
+  fi
+fi
+
 # Use nextest when present (per-test processes, timeouts); cargo test works too.
 runner=(cargo test --workspace --locked)
 if cargo nextest --version >/dev/null 2>&1; then

@@ -207,3 +207,114 @@ mod tests {
         assert!(e.to_string().contains("unknown field `colour`"), "{e}");
     }
 }
+
+#[cfg(test)]
+mod reference_tests {
+    use serde::de::{self, Visitor};
+
+    use super::{CaImport, File};
+
+    /// A deserializer that records the field list serde's derive passes to
+    /// `deserialize_struct` (the schema's own names, renames included) and
+    /// then stops.
+    struct FieldNames<'a>(&'a mut &'static [&'static str]);
+
+    impl<'de> de::Deserializer<'de> for FieldNames<'_> {
+        type Error = de::value::Error;
+
+        fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, Self::Error> {
+            Err(de::Error::custom("not a struct"))
+        }
+
+        fn deserialize_struct<V: Visitor<'de>>(
+            self,
+            _name: &'static str,
+            fields: &'static [&'static str],
+            _visitor: V,
+        ) -> Result<V::Value, Self::Error> {
+            *self.0 = fields;
+            Err(de::Error::custom("fields recorded"))
+        }
+
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string
+            bytes byte_buf option unit unit_struct newtype_struct seq tuple
+            tuple_struct map enum identifier ignored_any
+        }
+    }
+
+    fn fields_of<T: for<'de> serde::Deserialize<'de>>() -> &'static [&'static str] {
+        let mut fields: &'static [&'static str] = &[];
+        let _ = T::deserialize(FieldNames(&mut fields));
+        assert!(!fields.is_empty(), "no fields recorded");
+        fields
+    }
+
+    /// Every field of the file schema has a row in
+    /// docs/controller-config.md, and every row there is a field; the
+    /// `ca` row names the import's own fields.
+    #[test]
+    fn reference_documents_every_field() {
+        let doc = include_str!("../../docs/controller-config.md");
+        let fields = fields_of::<File>();
+        let rows: Vec<(&str, &str)> = doc
+            .lines()
+            .filter_map(|line| {
+                let rest = line.strip_prefix("| `")?;
+                let (field, _) = rest.split_once("` |")?;
+                Some((field, line))
+            })
+            .collect();
+        for field in fields {
+            assert!(
+                rows.iter().any(|(f, _)| f == field),
+                "docs/controller-config.md lacks a row for `{field}`"
+            );
+        }
+        for (field, _) in &rows {
+            assert!(
+                fields.contains(field),
+                "docs/controller-config.md documents `{field}`, which the schema lacks"
+            );
+        }
+        let (_, ca_row) = rows
+            .iter()
+            .find(|(f, _)| *f == "ca")
+            .expect("a row for `ca`");
+        for field in fields_of::<CaImport>() {
+            assert!(
+                ca_row.contains(&format!("{field}:")),
+                "the `ca` row of docs/controller-config.md does not name `{field}:`"
+            );
+        }
+    }
+    /// The shipped example parses to exactly the defaults, names every
+    /// field (`ca` commented out, as it has no default), and its `ca`
+    /// block parses once uncommented.
+    #[test]
+    fn example_config_matches_the_defaults() {
+        use super::ControllerConfig;
+        let text = include_str!("../../deploy/controller.example.yaml");
+        let example = ControllerConfig::from_yaml(text).expect("the example parses");
+        let defaults = ControllerConfig::from_yaml("").expect("defaults");
+        assert_eq!(format!("{example:?}"), format!("{defaults:?}"));
+        for field in fields_of::<File>() {
+            let set = text.lines().any(|l| l.starts_with(&format!("{field}:")));
+            let commented = text.lines().any(|l| l.starts_with(&format!("# {field}:")));
+            assert!(
+                set || commented,
+                "deploy/controller.example.yaml lacks `{field}`"
+            );
+        }
+        let uncommented: String = text
+            .lines()
+            .map(|l| match l.strip_prefix("# ") {
+                Some(rest) if rest.starts_with("ca:") || rest.starts_with("  ") => rest,
+                _ => l,
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        let with_ca = ControllerConfig::from_yaml(&uncommented).expect("the ca block parses");
+        assert!(with_ca.ca.is_some(), "{uncommented}");
+    }
+}
