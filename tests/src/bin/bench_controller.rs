@@ -63,6 +63,10 @@ const MIB: f64 = (1u64 << 20) as f64;
 /// Reports are counted as "during applies" until this long after the last
 /// apply returned (its policy is still being pushed).
 const APPLY_SETTLE: Duration = Duration::from_secs(2);
+/// The controller has caught up with the ramp-up when, over one interval,
+/// no ack took longer than this and nearly every open session's report
+/// was acknowledged.
+const SETTLED_ACK: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Parser)]
 #[command(
@@ -88,6 +92,11 @@ struct Args {
     /// Sessions run this long before the window opens.
     #[arg(long, default_value = "20s", value_parser = duration)]
     warmup: Duration,
+    /// After the warm-up, wait up to this for the controller to catch up
+    /// with the ramp-up (one interval of acks, none over 1 s) before the
+    /// window opens; past it the window opens anyway.
+    #[arg(long, default_value = "300s", value_parser = duration)]
+    settle_timeout: Duration,
     /// Enrollments in flight at once.
     #[arg(long, default_value_t = 32)]
     enroll_concurrency: usize,
@@ -98,8 +107,8 @@ struct Args {
     /// and the run goes on with what is there.
     #[arg(long, default_value = "600s", value_parser = duration)]
     ramp_timeout: Duration,
-    /// Send `Hello` without a listen address (no roster entries): isolates
-    /// the cost of rosters.
+    /// Send `Hello` without a listen address: no roster entries, and no
+    /// state write per agent when its session opens.
     #[arg(long)]
     no_listen_addrs: bool,
     /// Also write the figures as JSON here.
@@ -246,6 +255,8 @@ struct Stats {
     other_updates: AtomicU64,
     /// Largest ack latency since the progress line last took it, µs.
     recent_max_us: AtomicU64,
+    /// The same, for the settling check.
+    settle_max_us: AtomicU64,
     periodic_quiet_us: Mutex<Vec<u32>>,
     periodic_applying_us: Mutex<Vec<u32>>,
     on_policy_us: Mutex<Vec<u32>>,
@@ -574,6 +585,7 @@ fn acked(stats: &Stats, pending: &mut VecDeque<Pending>, seq: u64) {
         let took = p.sent.elapsed();
         let us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
         stats.recent_max_us.fetch_max(us, Ordering::Relaxed);
+        stats.settle_max_us.fetch_max(us, Ordering::Relaxed);
         if p.in_window {
             stats.acked_in_window.fetch_add(1, Ordering::Relaxed);
             stats.pending_in_window.fetch_sub(1, Ordering::Relaxed);
@@ -738,6 +750,43 @@ async fn applies(
     tokio::time::sleep(APPLY_SETTLE).await;
     ctx.stats.applying.store(false, Ordering::Relaxed);
     (took, errors)
+}
+
+/// Waits until the controller has caught up with the ramp-up: over the
+/// last interval (in whole seconds), no ack slower than [`SETTLED_ACK`]
+/// and acks for at least 90 % of the open sessions. False if that did not
+/// happen within `limit`.
+async fn settle(ctx: &Ctx, limit: Duration) -> bool {
+    let stats = &ctx.stats;
+    let started = Instant::now();
+    let span = (ctx.interval.as_secs_f64().ceil() as usize).max(1);
+    let settled_us = u64::try_from(SETTLED_ACK.as_micros()).unwrap_or(u64::MAX);
+    // (acks, slowest ack) of each of the last `span` seconds.
+    let mut seconds: VecDeque<(u64, u64)> = VecDeque::new();
+    let mut last = stats.acked.load(Ordering::Relaxed);
+    stats.settle_max_us.store(0, Ordering::Relaxed);
+    let mut every = tokio::time::interval(Duration::from_secs(1));
+    every.tick().await;
+    while started.elapsed() < limit {
+        every.tick().await;
+        let acked = stats.acked.load(Ordering::Relaxed);
+        let slowest = stats.settle_max_us.swap(0, Ordering::Relaxed);
+        seconds.push_back((acked - last, slowest));
+        last = acked;
+        if seconds.len() > span {
+            seconds.pop_front();
+        }
+        if seconds.len() < span {
+            continue;
+        }
+        let acks: u64 = seconds.iter().map(|s| s.0).sum();
+        let slowest = seconds.iter().map(|s| s.1).max().unwrap_or(0);
+        let open = u64::try_from(stats.open.load(Ordering::Relaxed)).unwrap_or(0);
+        if slowest < settled_us && acks * 10 >= open * 9 {
+            return true;
+        }
+    }
+    false
 }
 
 // ---- reporting ---------------------------------------------------------------
@@ -1007,9 +1056,23 @@ async fn run(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let open_secs = open_started.elapsed().as_secs_f64();
+    let opened_at = Instant::now();
     let opened = ctx.stats.open.load(Ordering::Relaxed);
     eprintln!("{opened}/{agents} sessions open after {open_secs:.1} s; warming up …");
     tokio::time::sleep(args.warmup).await;
+    // The ramp-up (enrollments, every Hello) leaves the controller work to
+    // catch up on: the window should not measure that as the applies' cost.
+    eprintln!("waiting for the controller to catch up …");
+    let settled = settle(&ctx, args.settle_timeout).await;
+    let settle_secs = opened_at.elapsed().as_secs_f64();
+    if settled {
+        eprintln!("settled {settle_secs:.0} s after the sessions opened");
+    } else {
+        eprintln!(
+            "bench-controller: not settled within {:?}; measuring anyway",
+            args.settle_timeout
+        );
+    }
 
     // The window.
     let admin = admin_client(ctl).await;
@@ -1117,7 +1180,12 @@ async fn run(
         args.interval, secs, apply.count, args.apply_every
     );
     println!(
-        "  ramp-up                    enrolled {agents} in {enroll_secs:.1} s; {opened} sessions open after {open_secs:.1} s"
+        "  ramp-up                    enrolled {agents} in {enroll_secs:.1} s; {opened} sessions open after {open_secs:.1} s; {}",
+        if settled {
+            format!("acks settled {settle_secs:.0} s after that")
+        } else {
+            format!("acks NOT settled {settle_secs:.0} s after that")
+        }
     );
     println!(
         "  sessions                   {open_at_start} open at the window's start, {open_at_end} at its end; \
@@ -1198,6 +1266,7 @@ async fn run(
             "agents": agents, "interval_s": args.interval.as_secs_f64(), "window_s": secs,
             "listen_addrs": !args.no_listen_addrs,
             "enroll_s": enroll_secs, "enroll_errors": enroll_errors.len(),
+            "settled": settled, "settle_s": settle_secs,
             "sessions": {"opened_after_ramp": opened, "open_s": open_secs,
                 "open_at_start": open_at_start, "open_at_end": open_at_end,
                 "dropped_in_window": w.drops, "reopened_in_window": w.opens,
