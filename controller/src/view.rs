@@ -24,6 +24,11 @@ pub const ROSTER_MAX: usize = 512;
 #[derive(Debug, Default)]
 pub struct FleetView {
     pub generation: u64,
+    /// The generation at which [`FleetView::roster`] last changed: sessions
+    /// that sent a roster since skip recomputing theirs (ranking thousands
+    /// of peers per session per policy change was most of the controller's
+    /// CPU at 5,000 agents).
+    pub roster_generation: u64,
     pub agents: HashMap<String, AgentRecord>,
     pub revocations: pb::Revocations,
     /// Every unrevoked agent that reported an address, by agent id.
@@ -84,6 +89,7 @@ impl FleetView {
             .collect();
         Ok(Self {
             generation,
+            roster_generation: generation,
             agents: all.into_iter().map(|a| (a.agent_id.clone(), a)).collect(),
             revocations,
             roster,
@@ -139,6 +145,8 @@ pub struct Views {
     /// An async lock: sessions waiting for a rebuild yield their worker
     /// instead of blocking it.
     current: tokio::sync::Mutex<Option<(Instant, Arc<FleetView>)>>,
+    /// The newest view, readable without waiting for a rebuild in progress.
+    latest: std::sync::RwLock<Option<Arc<FleetView>>>,
 }
 
 impl Views {
@@ -151,6 +159,17 @@ impl Views {
         shared: &Arc<Shared>,
         generation: u64,
     ) -> Result<Arc<FleetView>, Status> {
+        // Fast path: a view new enough exists; status reports (which ask
+        // for any view) never queue behind a rebuild.
+        if let Some(v) = self
+            .latest
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .filter(|v| v.generation >= generation)
+        {
+            return Ok(v.clone());
+        }
         let mut cur = self.current.lock().await;
         if let Some((built, v)) = cur.as_ref()
             && (v.generation >= generation || built.elapsed() < MIN_REBUILD)
@@ -159,11 +178,17 @@ impl Views {
         }
         let s = shared.clone();
         let current = shared.fleet.generation();
-        let v = tokio::task::spawn_blocking(move || FleetView::build(&s, current))
+        let mut v = tokio::task::spawn_blocking(move || FleetView::build(&s, current))
             .await
             .map_err(|e| Status::internal(format!("building the fleet view: {e}")))??;
+        if let Some((_, old)) = cur.as_ref()
+            && old.roster == v.roster
+        {
+            v.roster_generation = old.roster_generation;
+        }
         let v = Arc::new(v);
         *cur = Some((Instant::now(), v.clone()));
+        *self.latest.write().unwrap_or_else(|p| p.into_inner()) = Some(v.clone());
         Ok(v)
     }
 }

@@ -109,7 +109,11 @@ const SESSION_COALESCE: std::time::Duration = std::time::Duration::from_millis(2
 struct Sent {
     policy: Option<pb::Policy>,
     revocations: Option<pb::Revocations>,
-    roster: Option<pb::Roster>,
+    /// The roster generation last sent (the roster itself is not kept:
+    /// thousands of sessions each holding hundreds of peers was most of
+    /// the controller's memory).
+    roster_generation: Option<u64>,
+    roster_hash: Option<blake3::Hash>,
     assignments: Option<pb::Assignments>,
     acls: Option<pb::PackageAcls>,
     withdrawals: Option<pb::Withdrawals>,
@@ -140,10 +144,14 @@ impl Sent {
             out.push(Update::Revocations(view.revocations.clone()));
             self.revocations = Some(view.revocations.clone());
         }
-        let roster = view.roster_for(rec);
-        if self.roster.as_ref() != Some(&roster) {
-            out.push(Update::Roster(roster.clone()));
-            self.roster = Some(roster);
+        if self.roster_generation != Some(view.roster_generation) {
+            let roster = view.roster_for(rec);
+            let hash = blake3::hash(&prost::Message::encode_to_vec(&roster));
+            if self.roster_hash != Some(hash) {
+                out.push(Update::Roster(roster));
+                self.roster_hash = Some(hash);
+            }
+            self.roster_generation = Some(view.roster_generation);
         }
         // Restrictions and withdrawals before assignments: an agent must
         // know whom it may serve before it holds the package.
