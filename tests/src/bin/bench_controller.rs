@@ -260,7 +260,8 @@ struct Stats {
     periodic_quiet_us: Mutex<Vec<u32>>,
     periodic_applying_us: Mutex<Vec<u32>>,
     on_policy_us: Mutex<Vec<u32>>,
-    /// (policy version, when a session received it), in the window.
+    /// (policy version, when a session received it or a newer one), in the
+    /// window.
     receipts: Mutex<Vec<(u64, Instant)>>,
     drop_reasons: Mutex<HashMap<String, u64>>,
 }
@@ -395,10 +396,11 @@ async fn connect(addr: &str, tls: Arc<rustls::ClientConfig>) -> Result<Channel, 
 /// as the real agent does.
 async fn run_agent(ctx: Arc<Ctx>, sim: Sim) {
     let mut seq = 0u64;
+    let mut reached = 0u64;
     let mut backoff = Duration::from_secs(1);
     while !ctx.stop.is_cancelled() {
         let started = Instant::now();
-        match session(&ctx, &sim, &mut seq).await {
+        match session(&ctx, &sim, &mut seq, &mut reached).await {
             Ok(()) => return,
             Err(Failure::Connect(e)) => {
                 ctx.stats.connect_failures.fetch_add(1, Ordering::Relaxed);
@@ -427,7 +429,9 @@ enum Failure {
 
 /// One session: connect, `Hello`, then a status every interval, each
 /// acknowledged; every update is read (and dropped) as it comes.
-async fn session(ctx: &Ctx, sim: &Sim, seq: &mut u64) -> Result<(), Failure> {
+/// `reached` is the newest policy version received by any session of
+/// this agent.
+async fn session(ctx: &Ctx, sim: &Sim, seq: &mut u64, reached: &mut u64) -> Result<(), Failure> {
     let stats = &ctx.stats;
     let (tx, rx) = mpsc::channel(REPORT_QUEUE);
     let mut updates = {
@@ -528,9 +532,14 @@ async fn session(ctx: &Ctx, sim: &Sim, seq: &mut u64) -> Result<(), Failure> {
                     Some(Update::Ack(a)) => acked(stats, &mut pending, a.seq),
                     Some(Update::Policy(p)) => {
                         stats.policies.fetch_add(1, Ordering::Relaxed);
-                        if stats.measuring() {
-                            stats.receipts.lock().unwrap_or_else(|p| p.into_inner()).push((p.version, Instant::now()));
+                        // A session coalescing changes skips versions: every
+                        // version up to this one has reached it now.
+                        if stats.measuring() && p.version > *reached {
+                            let now = Instant::now();
+                            stats.receipts.lock().unwrap_or_else(|p| p.into_inner())
+                                .extend((*reached + 1..=p.version).map(|v| (v, now)));
                         }
+                        *reached = (*reached).max(p.version);
                         policy_version = p.version;
                         // As the agent: report the new version at once.
                         report(Kind::OnPolicy, policy_version, &mut pending);
