@@ -89,14 +89,6 @@ impl Fleet {
         }
     }
 
-    /// Every online agent.
-    pub fn online(&self) -> Vec<(String, Online)> {
-        self.lock()
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect()
-    }
-
     pub fn get(&self, agent: &str) -> Option<Online> {
         self.lock().get(agent).cloned()
     }

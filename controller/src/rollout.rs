@@ -118,10 +118,6 @@ impl Rollouts {
         self.lock().rollouts.values().cloned().collect()
     }
 
-    pub fn get(&self, id: &str) -> Option<RolloutRecord> {
-        self.lock().rollouts.get(id).cloned()
-    }
-
     /// Stores a new or replaced rollout (durably first).
     pub async fn put(&self, state: &State, r: RolloutRecord) -> Result<(), StateError> {
         state.put_rollout(&r).await?;
