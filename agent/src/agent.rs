@@ -87,6 +87,7 @@ impl Agent {
         let tls = TlsIdentity::load(&config.tls)?;
         let identity = tls.identity.clone();
         let store = Store::open(&config.data_dir, config.limits.cache_quota).await?;
+        store.set_direct_io(config.direct_io);
 
         let listener =
             TcpListener::bind(config.listen)

@@ -57,6 +57,8 @@ struct FileConfig {
     #[serde(default)]
     swarm: FileSwarm,
     #[serde(default)]
+    store: FileStore,
+    #[serde(default)]
     local_api: FileLocalApi,
     #[serde(default)]
     log: FileLog,
@@ -174,6 +176,18 @@ impl Default for FileSwarm {
             ban_threshold: 3,
             ban_duration: "1h".into(),
         }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct FileStore {
+    direct_io: bool,
+}
+
+impl Default for FileStore {
+    fn default() -> Self {
+        Self { direct_io: true }
     }
 }
 
@@ -298,6 +312,9 @@ pub struct AgentConfig {
     pub peer_timeout: Duration,
     pub limits: Limits,
     pub swarm: SwarmSettings,
+    /// Package content is read and written bypassing the page cache
+    /// (`O_DIRECT`) where the file system allows.
+    pub direct_io: bool,
     pub socket: PathBuf,
     pub log_format: LogFormat,
     pub log_level: String,
@@ -336,6 +353,7 @@ impl AgentConfig {
                 ban_duration: Duration::from_secs(3600),
                 chunk_trace_every: 0,
             },
+            direct_io: true,
             socket: data_dir.join("agent.sock"),
             log_format: LogFormat::Text,
             log_level: "info".into(),
@@ -416,6 +434,7 @@ impl AgentConfig {
                 .map_err(|e| invalid("swarm.ban_duration", e))?,
             chunk_trace_every: 0,
         };
+        c.direct_io = f.store.direct_io;
         if !f.otlp.endpoint.trim().is_empty() {
             let endpoint = f.otlp.endpoint.trim().to_owned();
             if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {

@@ -13,13 +13,13 @@
 //! piece until the whole chunk has matched, so a chunk rotted on disk ends
 //! in an error rather than reaching the peer complete.
 
-use std::fs::File;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::{Package, Store, StoreError, blocking, files, io_err};
+use super::direct::{AlignedBuf, ContentFile};
+use super::{Package, Store, StoreError, blocking, io_err};
 
 /// Writes one chunk in place; dropping it unfinished releases the claim
 /// and leaves the chunk missing.
@@ -27,11 +27,13 @@ use super::{Package, Store, StoreError, blocking, files, io_err};
 pub struct ChunkWriter {
     claim: Claim,
     path: PathBuf,
-    file: Arc<File>,
+    file: Arc<ContentFile>,
     offset: u64,
     len: u32,
     written: u32,
     hasher: Option<Box<blake3::Hasher>>,
+    /// Where direct writes are staged (aligned); reused piece to piece.
+    scratch: Option<AlignedBuf>,
     expected: blake3::Hash,
 }
 
@@ -68,16 +70,22 @@ impl ChunkWriter {
             .hasher
             .take()
             .ok_or_else(|| StoreError::Internal("chunk writer used after an error".into()))?;
+        let mut scratch = match self.scratch.take() {
+            Some(b) if b.capacity() >= data.len() => b,
+            _ => AlignedBuf::new(data.len()),
+        };
         let (file, path) = (self.file.clone(), self.path.clone());
         let at = self.offset + u64::from(self.written);
         let n = data.len() as u32;
-        let hasher = blocking(move || {
+        let (hasher, scratch) = blocking(move || {
             hasher.update(&data);
-            files::write_at(&file, &data, at).map_err(io_err(&path))?;
-            Ok(hasher)
+            file.write_at(&data, at, &mut scratch)
+                .map_err(io_err(&path))?;
+            Ok((hasher, scratch))
         })
         .await?;
         self.hasher = Some(hasher);
+        self.scratch = Some(scratch);
         self.written += n;
         Ok(())
     }
@@ -102,7 +110,8 @@ pub struct ChunkReader {
     pkg: Arc<Package>,
     chunk: u32,
     path: PathBuf,
-    file: Option<Arc<File>>,
+    file: Option<Arc<ContentFile>>,
+    direct: bool,
     offset: u64,
     len: u32,
     read: u32,
@@ -125,7 +134,11 @@ impl ChunkReader {
             Some(f) => f.clone(),
             None => {
                 let p = path.clone();
-                let f = Arc::new(blocking(move || File::open(&p).map_err(io_err(&p))).await?);
+                let direct = self.direct;
+                let f = Arc::new(
+                    blocking(move || ContentFile::open_read(&p, direct).map_err(io_err(&p)))
+                        .await?,
+                );
                 self.file = Some(f.clone());
                 f
             }
@@ -138,11 +151,10 @@ impl ChunkReader {
         let last = at + n == self.len;
         let expected = self.expected;
         let (data, hasher, ok) = blocking(move || {
-            let mut buf = vec![0u8; n as usize];
-            files::read_at(&file, &mut buf, offset).map_err(io_err(&path))?;
-            hasher.update(&buf);
+            let data = file.read_at(offset, n as usize).map_err(io_err(&path))?;
+            hasher.update(&data);
             let ok = !last || hasher.finalize() == expected;
-            Ok((buf, hasher, ok))
+            Ok((data, hasher, ok))
         })
         .await?;
         if !ok {
@@ -150,7 +162,7 @@ impl ChunkReader {
         }
         self.hasher = Some(hasher);
         self.read += n;
-        Ok(Some((at, Bytes::from(data))))
+        Ok(Some((at, data)))
     }
 }
 
@@ -172,7 +184,9 @@ impl Store {
             chunk,
         };
         let p = path.clone();
-        let file = blocking(move || files::open_for_write(&p).map_err(io_err(&p))).await?;
+        let direct = self.direct_io();
+        let file =
+            blocking(move || ContentFile::open_write(&p, direct).map_err(io_err(&p))).await?;
         Ok(Some(ChunkWriter {
             claim,
             path,
@@ -181,6 +195,7 @@ impl Store {
             len,
             written: 0,
             hasher: Some(Box::default()),
+            scratch: None,
             expected,
         }))
     }
@@ -222,6 +237,7 @@ impl Store {
             chunk,
             path,
             file: None,
+            direct: self.direct_io(),
             offset,
             len,
             read: 0,

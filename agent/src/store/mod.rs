@@ -11,6 +11,7 @@
 
 mod bitfield;
 mod chunk_io;
+mod direct;
 mod files;
 mod state;
 
@@ -202,6 +203,8 @@ pub struct Store {
     db: StateDb,
     packages: RwLock<HashMap<ContentId, Arc<Package>>>,
     quota: std::sync::atomic::AtomicU64,
+    /// Chunk reads and writes bypass the page cache where possible.
+    direct_io: std::sync::atomic::AtomicBool,
     /// Serialises admission (quota accounting and eviction).
     admit: tokio::sync::Mutex<()>,
 }
@@ -223,6 +226,7 @@ impl Store {
             db,
             packages: RwLock::new(HashMap::new()),
             quota: quota.into(),
+            direct_io: true.into(),
             admit: tokio::sync::Mutex::new(()),
         });
         for (id, record, manifest_bytes, have_bytes) in loaded {
@@ -345,6 +349,17 @@ impl Store {
     pub fn set_quota(&self, quota: u64) {
         self.quota
             .store(quota, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether chunk I/O bypasses the page cache (`O_DIRECT`) where the
+    /// file system allows; on by default.
+    pub fn set_direct_io(&self, on: bool) {
+        self.direct_io
+            .store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub fn direct_io(&self) -> bool {
+        self.direct_io.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub fn quota(&self) -> u64 {
