@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use shoal_agent::config::TlsPaths;
 
-use crate::netns::Testbed;
+use crate::netns::{Host, Testbed};
 use crate::swarm::Pki;
 use crate::{Run, bin};
 
@@ -89,6 +89,32 @@ pub struct AgentOptions {
     /// Certificate files to use instead of a fresh certificate from the
     /// test CA (another CA's, say).
     pub tls: Option<TlsPaths>,
+}
+
+impl AgentOptions {
+    /// Listening on `host`'s address, port 7400 (as [`start_on_testbed`]
+    /// does), in its namespace, mDNS on.
+    pub fn on(host: &Host) -> Self {
+        Self {
+            listen: Some(format!("{}:7400", host.ip)),
+            netns: Some(host.ns.clone()),
+            mdns: true,
+            ..Default::default()
+        }
+    }
+}
+
+/// `program`, run inside network namespace `netns` (through `ip netns
+/// exec`) when there is one.
+pub fn command_in(netns: Option<&str>, program: &Path) -> Command {
+    match netns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns]).arg(program);
+            c
+        }
+        None => Command::new(program),
+    }
 }
 
 /// Spawns `cmd` with stderr appended to `log` and polls `ready` every
@@ -212,14 +238,7 @@ impl AgentProcess {
 
     /// (Re)starts the process and waits until its control socket answers.
     pub fn restart(&mut self) {
-        let mut cmd = match &self.netns {
-            Some(ns) => {
-                let mut c = Command::new("ip");
-                c.args(["netns", "exec", ns]).arg(bin("shoal-agent"));
-                c
-            }
-            None => Command::new(bin("shoal-agent")),
-        };
+        let mut cmd = command_in(self.netns.as_deref(), &bin("shoal-agent"));
         cmd.args(["--config"]).arg(&self.config).arg("run");
         let log = self.dir.join("agent.log");
         let child = spawn_ready(cmd, &log, &self.id, || self.shoal(&["status"]).code == 0);
