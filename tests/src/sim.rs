@@ -315,7 +315,13 @@ pub fn run(c: &SimConfig) -> SimResult {
                         origin && others_busy,
                     );
                     if batch.is_empty() && endgame {
-                        batch.extend(h.picker.pick_endgame(&key, &peer_has, &h.have, &h.inflight));
+                        batch.extend(h.picker.pick_endgame(
+                            &key,
+                            &peer_has,
+                            &h.have,
+                            &h.inflight,
+                            avoid,
+                        ));
                     }
                     if batch.is_empty() {
                         break;

@@ -502,6 +502,7 @@ impl Download {
                         &peer.have,
                         &self.have,
                         &self.inflight,
+                        avoid,
                     ));
                 }
                 if batch.is_empty() {

@@ -162,20 +162,22 @@ impl Picker {
     }
 
     /// End game: one in-flight chunk this peer could also send, that it is
-    /// not already sending and that fewer than [`ENDGAME_DUPLICATES`] peers
-    /// are sending.
+    /// not already sending, that fewer than [`ENDGAME_DUPLICATES`] peers
+    /// are sending, and that is not in `avoid` (what the origin declined).
     pub fn pick_endgame(
         &self,
         peer: &str,
         peer_has: &Bitfield,
         have: &Bitfield,
         inflight: &HashMap<u32, Vec<String>>,
+        avoid: &HashMap<u32, Instant>,
     ) -> Option<u32> {
         inflight
             .iter()
             .filter(|(i, who)| {
                 !have.get(**i)
                     && peer_has.get(**i)
+                    && !avoid.contains_key(*i)
                     && who.len() < ENDGAME_DUPLICATES
                     && !who.iter().any(|w| w == peer)
             })
@@ -262,7 +264,11 @@ mod tests {
         let mut inflight = HashMap::new();
         inflight.insert(1u32, vec!["a".to_owned()]);
         inflight.insert(2u32, vec!["a".to_owned(), "b".to_owned()]);
-        assert_eq!(p.pick_endgame("b", &has, &have, &inflight), Some(1));
-        assert_eq!(p.pick_endgame("a", &has, &have, &inflight), None);
+        let none = HashMap::new();
+        assert_eq!(p.pick_endgame("b", &has, &have, &inflight, &none), Some(1));
+        assert_eq!(p.pick_endgame("a", &has, &have, &inflight, &none), None);
+        // The origin declined chunk 1: not asked again in end game either.
+        let declined = HashMap::from([(1u32, Instant::now())]);
+        assert_eq!(p.pick_endgame("b", &has, &have, &inflight, &declined), None);
     }
 }
