@@ -8,9 +8,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 
+#[cfg(target_os = "linux")]
+pub mod baselines;
 pub mod controller;
 pub mod evil;
 pub mod netns;
+pub mod plot;
 pub mod process;
 pub mod sim;
 pub mod swarm;
