@@ -105,7 +105,7 @@ impl AgentMetrics {
                 IntCounterVec::new(
                     Opts::new(
                         "shoal_agent_received_bytes_total",
-                        "Verified chunk bytes received, from peers or the package's origin.",
+                        "Verified chunk bytes received, from peers, the package's origin, or (local) copied from packages this agent already held.",
                     ),
                     &["source"],
                 )?,
@@ -245,6 +245,10 @@ impl AgentMetrics {
         counter_to(
             &self.received.with_label_values(&["origin"]),
             load(&c.received_from_origin),
+        );
+        counter_to(
+            &self.received.with_label_values(&["local"]),
+            load(&c.reused_locally),
         );
         counter_to(&self.sent, load(&c.sent));
         counter_to(&self.verified, load(&c.chunks_verified));

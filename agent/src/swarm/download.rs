@@ -158,6 +158,11 @@ pub async fn run(
     cancel: CancellationToken,
 ) -> Result<PathBuf, DownloadError> {
     let (tx, mut rx) = mpsc::channel(1024);
+    // What this host already holds elsewhere need not cross the network.
+    let reused = super::reuse::reuse_held_chunks(&ctx.store, &pkg, &cancel).await?;
+    ctx.counters
+        .reused_locally
+        .fetch_add(reused.bytes, Ordering::Relaxed);
     let have = pkg.have();
     let lengths = pkg.manifest.chunks.iter().map(|c| c.length).collect();
     let seed = u64::from_le_bytes(

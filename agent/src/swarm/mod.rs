@@ -14,6 +14,7 @@ pub mod picker;
 pub mod pool;
 pub mod reputation;
 pub mod resolve;
+pub mod reuse;
 pub mod scheduling;
 pub mod service;
 
@@ -39,6 +40,8 @@ use crate::transport::tls::DenyList;
 pub struct Counters {
     pub received_from_peers: AtomicU64,
     pub received_from_origin: AtomicU64,
+    /// Chunk bytes copied from packages already held ([`reuse`]).
+    pub reused_locally: AtomicU64,
     pub sent: AtomicU64,
     pub chunks_verified: AtomicU64,
     pub chunks_rejected: AtomicU64,
@@ -69,6 +72,7 @@ impl Default for Counters {
         Self {
             received_from_peers: AtomicU64::default(),
             received_from_origin: AtomicU64::default(),
+            reused_locally: AtomicU64::default(),
             sent: AtomicU64::default(),
             chunks_verified: AtomicU64::default(),
             chunks_rejected: AtomicU64::default(),
