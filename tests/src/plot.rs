@@ -54,7 +54,8 @@ fn err(path: &Path) -> impl Fn(String) -> String + '_ {
 }
 
 /// A line chart: x from 0 to the largest x, y from 0 to `y_max`; a legend
-/// when `legend` (up to 16 lines).
+/// in the upper left, empty for curves that rise, when `legend` (up to 16
+/// lines).
 pub fn lines(
     path: &Path,
     title: &str,
@@ -103,7 +104,7 @@ pub fn lines(
     if legend {
         chart
             .configure_series_labels()
-            .position(SeriesLabelPosition::LowerRight)
+            .position(SeriesLabelPosition::UpperLeft)
             .label_font((FAMILY, 15))
             .background_style(WHITE.mix(0.85))
             .border_style(BLACK)
