@@ -427,6 +427,44 @@ impl Drop for Tmpfs {
     }
 }
 
+/// Where every method of a run keeps its data: all on one tmpfs, or all
+/// on the disk under the run's temporary directory.
+#[derive(Debug)]
+pub enum Storage {
+    Tmpfs(Tmpfs),
+    Disk(PathBuf),
+}
+
+impl Storage {
+    pub fn path(&self) -> &Path {
+        match self {
+            Storage::Tmpfs(t) => t.path(),
+            Storage::Disk(p) => p,
+        }
+    }
+
+    /// Writes dirty pages back, so one method's writeback does not run
+    /// on the CPU during the next.
+    pub fn settle(&self) {
+        if let Storage::Disk(_) = self {
+            let _ = run_ok(&mut Command::new("sync"), Duration::from_secs(300), "sync");
+        }
+    }
+}
+
+/// Free bytes on the file system holding `path`.
+pub fn disk_available(path: &Path) -> Result<u64, String> {
+    let out = run_ok(
+        Command::new("df").args(["-B1", "--output=avail"]).arg(path),
+        Duration::from_secs(30),
+        "df",
+    )?;
+    out.lines()
+        .nth(1)
+        .and_then(|l| l.trim().parse().ok())
+        .ok_or_else(|| format!("df printed no free space for {}: {out:?}", path.display()))
+}
+
 // ---------------------------------------------------------------------------
 // Processes
 

@@ -33,11 +33,11 @@ mod linux {
     use shoal_proto::units::{parse_rate, parse_size};
     use shoal_tests::baselines::{
         self, ARIA2C, CURL, MKTORRENT, MethodResult, NGINX, OPENTRACKER, Payload, ProcStats, Setup,
-        Tmpfs, cpu_seconds, peak_rss, tx_all,
+        Storage, Tmpfs, cpu_seconds, peak_rss, tx_all,
     };
     use shoal_tests::netns::{Testbed, unavailable};
     use shoal_tests::plot::{self, Series};
-    use shoal_tests::process::{AgentProcess, start_on_testbed, wait_for_peers};
+    use shoal_tests::process::{AgentOptions, AgentProcess, wait_for_peers};
     use shoal_tests::swarm::Pki;
 
     /// TCP payload gets about this share of a tbf rate on this kind of
@@ -100,6 +100,19 @@ mod linux {
         /// Write PNG charts here (made if missing).
         #[arg(long)]
         plot_dir: Option<PathBuf>,
+        /// Where every method keeps the payload and its copies: the disk
+        /// (under the temporary directory) or one tmpfs.
+        #[arg(long, value_enum, default_value = "disk")]
+        storage: StorageKind,
+        /// Shoal agents' `limits.upload_slots`.
+        #[arg(long, default_value_t = 4)]
+        upload_slots: u32,
+    }
+
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+    enum StorageKind {
+        Disk,
+        Tmpfs,
     }
 
     #[derive(Debug, Subcommand)]
@@ -232,26 +245,47 @@ mod linux {
             plot::register_font(Path::new(baselines::FONT))?;
         }
 
-        // Everything on one tmpfs: the payload, N copies, and room for the
+        // Everything in one place: the payload, N copies, and room for the
         // agents' stores and logs, the torrent and the servers' logs.
         let hosts = args.agents + 1;
-        let tmpfs_size = args.size * hosts as u64 + (256 << 20) + (32 << 20) * hosts as u64;
-        let headroom = 1u64 << 30;
-        let available = baselines::mem_available()?;
-        if available < tmpfs_size + headroom {
-            return Err(format!(
-                "not enough free memory: the tmpfs for {hosts} copies of {} MiB plus slack is \
-                 {} MiB, and the processes need about {} MiB more, but MemAvailable is {} MiB; \
-                 use a smaller --size or fewer --agents",
-                args.size >> 20,
-                tmpfs_size >> 20,
-                headroom >> 20,
-                available >> 20
-            ));
-        }
+        let data_size = args.size * hosts as u64 + (256 << 20) + (32 << 20) * hosts as u64;
         baselines::catch_interrupts()?;
         let work = tempfile::tempdir().map_err(|e| format!("a temporary directory: {e}"))?;
-        let tmpfs = Tmpfs::mount(&work.path().join("data"), tmpfs_size)?;
+        let data = work.path().join("data");
+        let tmpfs = match args.storage {
+            StorageKind::Tmpfs => {
+                let headroom = 1u64 << 30;
+                let available = baselines::mem_available()?;
+                if available < data_size + headroom {
+                    return Err(format!(
+                        "not enough free memory: the tmpfs for {hosts} copies of {} MiB plus \
+                         slack is {} MiB, and the processes need about {} MiB more, but \
+                         MemAvailable is {} MiB; use --storage disk, a smaller --size or fewer \
+                         --agents",
+                        args.size >> 20,
+                        data_size >> 20,
+                        headroom >> 20,
+                        available >> 20
+                    ));
+                }
+                Storage::Tmpfs(Tmpfs::mount(&data, data_size)?)
+            }
+            StorageKind::Disk => {
+                std::fs::create_dir_all(&data).map_err(|e| format!("{}: {e}", data.display()))?;
+                let available = baselines::disk_available(&data)?;
+                if available < data_size {
+                    return Err(format!(
+                        "not enough disk: {hosts} copies of {} MiB plus slack is {} MiB, but \
+                         {} has {} MiB free",
+                        args.size >> 20,
+                        data_size >> 20,
+                        data.display(),
+                        available >> 20
+                    ));
+                }
+                Storage::Disk(data)
+            }
+        };
         let pki = Pki::new();
         let (content, manifest) = write_package(
             &pki,
@@ -290,13 +324,14 @@ mod linux {
             };
             // Each returns only after every process it started has ended.
             let r = match m {
-                Method::Shoal => shoal(&pki, &tb, &dir, &manifest, &content, args.size, timeout),
+                Method::Shoal => shoal(&pki, &tb, &dir, &manifest, &content, args),
                 Method::Http => baselines::run_http(&setup),
                 Method::Bittorrent => baselines::run_bittorrent(&setup, piece_size),
             };
             if let Err(e) = std::fs::remove_dir_all(&dir) {
                 eprintln!("bench-swarm: removing {}: {e}", dir.display());
             }
+            tmpfs.settle();
             match r {
                 Ok(r) => {
                     eprintln!("{}: done in {:.1} s", m.name(), r.makespan_s);
@@ -328,18 +363,43 @@ mod linux {
     }
 
     /// Shoal: agents on every host (the seed publishes), every other host
-    /// fetches at once; polled through `shoal list` until all are complete.
+    /// fetches at once and waits until its copy is complete.
     fn shoal(
         pki: &Pki,
         tb: &Testbed,
         dir: &Path,
         manifest: &Path,
         content: &Path,
-        size: u64,
-        timeout: Duration,
+        args: &Args,
     ) -> Result<MethodResult, String> {
+        let (size, timeout, upload_slots) = (
+            args.size,
+            Duration::from_secs(args.timeout),
+            args.upload_slots,
+        );
         let n = tb.hosts.len() - 1;
-        let hosts = start_on_testbed(pki, tb, dir);
+        let extra = format!("limits:\n  upload_slots: {upload_slots}\n");
+        let hosts: Vec<AgentProcess> = tb
+            .hosts
+            .iter()
+            .enumerate()
+            .map(|(i, h)| {
+                let id = if i == 0 {
+                    "seed".to_owned()
+                } else {
+                    format!("host-{i}")
+                };
+                AgentProcess::start_with(
+                    pki,
+                    &id,
+                    &dir.join(&id),
+                    AgentOptions {
+                        extra: extra.clone(),
+                        ..AgentOptions::on(h)
+                    },
+                )
+            })
+            .collect();
         hosts[0].publish(manifest, content);
         wait_for_peers(&hosts, n, None, Duration::from_secs(60));
         let pids: Vec<u32> = hosts
@@ -355,43 +415,79 @@ mod linux {
         let mut rss: Vec<u64> = pids.iter().map(|&p| peak_rss(p).unwrap_or(0)).collect();
         let tx0 = tx_all(tb)?;
 
+        // Each host's completion is when its `shoal fetch --wait` returns
+        // (the agent reports the package complete and verified), as curl's
+        // exit is for HTTP; progress for the timeline is polled every
+        // 2 s, so the polling costs the CPU little.
         let started = Instant::now();
-        std::thread::scope(|s| {
-            for h in &hosts[1..] {
-                s.spawn(move || {
-                    let run = h.shoal(&["fetch", "bench/image@1"]);
-                    assert_eq!(run.code, 0, "{}: {}", h.id, run.stderr);
-                });
-            }
-        });
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<(usize, f64, Result<(), String>)>();
         let mut done_at: Vec<Option<f64>> = vec![None; n];
         let mut timeline: Vec<(f64, Vec<u64>)> = Vec::new();
-        while done_at.iter().any(Option::is_none) {
-            baselines::check_interrupted()?;
-            if started.elapsed() > timeout {
-                let left: Vec<&str> = hosts[1..]
-                    .iter()
-                    .zip(&done_at)
-                    .filter(|(_, d)| d.is_none())
-                    .map(|(h, _)| h.id.as_str())
-                    .collect();
-                return Err(format!("not done after {timeout:?}: {}", left.join(", ")));
-            }
-            let t = started.elapsed().as_secs_f64();
-            let mut row = Vec::new();
+        let mut failed: Option<String> = None;
+        std::thread::scope(|s| -> Result<(), String> {
             for (i, h) in hosts[1..].iter().enumerate() {
-                let (bytes, complete) = done_bytes(h, "bench/image@1");
-                row.push(bytes);
-                if complete && done_at[i].is_none() {
-                    done_at[i] = Some(t);
+                let tx = done_tx.clone();
+                s.spawn(move || {
+                    let run = h.shoal(&["fetch", "bench/image@1", "--wait", "--json", "-q"]);
+                    let t = started.elapsed().as_secs_f64();
+                    let r = if run.code == 0 {
+                        Ok(())
+                    } else {
+                        Err(format!("{}: {}{}", h.id, run.stdout, run.stderr))
+                    };
+                    let _ = tx.send((i, t, r));
+                });
+            }
+            drop(done_tx);
+            let mut next_sample = Instant::now();
+            while done_at.iter().any(Option::is_none) && failed.is_none() {
+                if Instant::now() >= next_sample {
+                    let t = started.elapsed().as_secs_f64();
+                    let row = hosts[1..]
+                        .iter()
+                        .map(|h| done_bytes(h, "bench/image@1").0)
+                        .collect();
+                    timeline.push((t, row));
+                    for (r, &p) in rss.iter_mut().zip(&pids) {
+                        *r = (*r).max(peak_rss(p).unwrap_or(0));
+                    }
+                    next_sample = Instant::now() + Duration::from_secs(2);
+                }
+                match done_rx.recv_timeout(Duration::from_millis(100)) {
+                    Ok((i, t, Ok(()))) => done_at[i] = Some(t),
+                    Ok((_, _, Err(e))) => failed = Some(e),
+                    Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                    Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+                }
+                if baselines::interrupted() {
+                    failed = Some("interrupted".into());
+                }
+                if started.elapsed() > timeout {
+                    let left: Vec<&str> = hosts[1..]
+                        .iter()
+                        .zip(&done_at)
+                        .filter(|(_, d)| d.is_none())
+                        .map(|(h, _)| h.id.as_str())
+                        .collect();
+                    failed = Some(format!("not done after {timeout:?}: {}", left.join(", ")));
                 }
             }
-            for (r, &p) in rss.iter_mut().zip(&pids) {
-                *r = (*r).max(peak_rss(p).unwrap_or(0));
+            if failed.is_some() {
+                // The fetch threads end when their agents do.
+                for h in &hosts[1..] {
+                    let _ = h.shoal(&["cancel", "bench/image@1"]);
+                }
             }
-            timeline.push((t, row));
-            std::thread::sleep(Duration::from_millis(250));
+            Ok(())
+        })?;
+        if let Some(e) = failed {
+            return Err(e);
         }
+        let final_row: Vec<u64> = hosts[1..]
+            .iter()
+            .map(|h| done_bytes(h, "bench/image@1").0)
+            .collect();
+        timeline.push((started.elapsed().as_secs_f64(), final_row));
         let tx1 = tx_all(tb)?;
         let stats: Vec<ProcStats> = pids
             .iter()
