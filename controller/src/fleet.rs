@@ -1,12 +1,12 @@
-//! Who is online right now: one entry per open agent session, plus a
-//! change signal. Sessions watch the signal and send every agent what
-//! changed for it (see [`crate::view`]). In memory only:
-//! after a restart agents reconnect and report again.
+//! Who is online right now: one entry per open agent session, plus the
+//! fleet's change counter. Sessions check the counter (each at its own
+//! phase, see `service::agent_control`) and send every agent what changed
+//! for it (see [`crate::view`]). In memory only: after a restart agents
+//! reconnect and report again.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-
-use tokio::sync::watch;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// One online agent, as its session reported it.
 #[derive(Debug, Clone, Default)]
@@ -24,7 +24,7 @@ pub struct Online {
 #[derive(Debug)]
 pub struct Fleet {
     online: Mutex<HashMap<String, Online>>,
-    changed: watch::Sender<u64>,
+    changed: AtomicU64,
     next_session: std::sync::atomic::AtomicU64,
 }
 
@@ -32,7 +32,7 @@ impl Default for Fleet {
     fn default() -> Self {
         Self {
             online: Mutex::default(),
-            changed: watch::channel(0).0,
+            changed: AtomicU64::new(0),
             next_session: 1.into(),
         }
     }
@@ -43,18 +43,15 @@ impl Fleet {
         self.online.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Tells every session that the roster or the revocations changed.
+    /// Records that something sessions send changed (policy, roster,
+    /// revocations, catalog, assignments).
     pub fn bump(&self) {
-        self.changed.send_modify(|g| *g += 1);
+        self.changed.fetch_add(1, Ordering::AcqRel);
     }
 
     /// The change counter now.
     pub fn generation(&self) -> u64 {
-        *self.changed.borrow()
-    }
-
-    pub fn subscribe(&self) -> watch::Receiver<u64> {
-        self.changed.subscribe()
+        self.changed.load(Ordering::Acquire)
     }
 
     /// Marks `agent` online; returns its session number.
