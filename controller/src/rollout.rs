@@ -69,9 +69,12 @@ pub fn wave_of(waves: &[u32], n: usize, index: usize) -> u32 {
 }
 
 /// The rollout's members, in wave order.
-pub fn members<'a>(r: &RolloutRecord, agents: &'a [AgentRecord]) -> Vec<&'a AgentRecord> {
+pub fn members<'a>(
+    r: &RolloutRecord,
+    agents: impl IntoIterator<Item = &'a AgentRecord>,
+) -> Vec<&'a AgentRecord> {
     let mut m: Vec<&AgentRecord> = agents
-        .iter()
+        .into_iter()
         .filter(|a| a.revoked.is_none() && a.groups.contains(&r.group))
         .collect();
     m.sort_by(|a, b| (a.enrolled_ms, &a.agent_id).cmp(&(b.enrolled_ms, &b.agent_id)));
@@ -232,11 +235,12 @@ impl Rollouts {
 
     /// For each agent, the assignments of the rollouts whose released
     /// waves include it, skipping withdrawn packages.
-    pub fn assignments(
+    pub fn assignments<'a>(
         &self,
-        agents: &[AgentRecord],
+        agents: impl IntoIterator<Item = &'a AgentRecord>,
         withdrawn: &std::collections::HashSet<String>,
     ) -> HashMap<String, pb::Assignments> {
+        let agents: Vec<&AgentRecord> = agents.into_iter().collect();
         let mut out: HashMap<String, pb::Assignments> = HashMap::new();
         for r in self.all() {
             if withdrawn.contains(&r.content_id) {
@@ -246,7 +250,7 @@ impl Rollouts {
                 continue;
             };
             let (name, version) = r.package.split_once('@').unwrap_or((&r.package, ""));
-            let m = members(&r, agents);
+            let m = members(&r, agents.iter().copied());
             let sizes = wave_sizes(&r.waves, m.len());
             let upto = sizes
                 .get(r.released.max(1) as usize - 1)

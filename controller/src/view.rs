@@ -29,10 +29,12 @@ pub struct FleetView {
     /// of peers per session per policy change was most of the controller's
     /// CPU at 5,000 agents).
     pub roster_generation: u64,
-    pub agents: HashMap<String, AgentRecord>,
+    /// [`crate::state::State::agents_version`] the agent part was read at.
+    agents_version: u64,
+    pub agents: Arc<HashMap<String, AgentRecord>>,
     pub revocations: pb::Revocations,
     /// Every unrevoked agent that reported an address, by agent id.
-    pub roster: Vec<pb::RosterPeer>,
+    pub roster: Arc<Vec<pb::RosterPeer>>,
     pub acls: pb::PackageAcls,
     pub withdrawals: pb::Withdrawals,
     pub assignments: HashMap<String, pb::Assignments>,
@@ -41,28 +43,22 @@ pub struct FleetView {
 }
 
 impl FleetView {
-    fn build(shared: &Shared, generation: u64) -> Result<Self, Status> {
+    /// Reads the fleet's state. What derives from the agent table (the
+    /// records, revocations, the roster) is taken from `prev` when the
+    /// table has not changed since: a policy change then costs no decoding
+    /// of thousands of agent records.
+    fn build(shared: &Shared, generation: u64, prev: Option<&FleetView>) -> Result<Self, Status> {
         let state = &shared.state;
-        let all = state.agents().map_err(internal)?;
-        let mut revocations = pb::Revocations::default();
-        for a in all.iter().filter(|a| a.revoked.is_some()) {
-            revocations.agent_ids.push(a.agent_id.clone());
-            if !a.serial.is_empty() {
-                revocations.serials.push(a.serial.clone());
+        let agents_version = state.agents_version();
+        let (agents, revocations, roster) = match prev {
+            Some(p) if p.agents_version == agents_version => {
+                (p.agents.clone(), p.revocations.clone(), p.roster.clone())
             }
-        }
-        let mut roster: Vec<pb::RosterPeer> = all
-            .iter()
-            .filter(|a| a.revoked.is_none() && !a.addrs.is_empty())
-            .map(|a| pb::RosterPeer {
-                agent_id: a.agent_id.clone(),
-                addrs: a.addrs.clone(),
-                cert_fingerprint: a.fingerprint.clone(),
-                groups: a.groups.clone(),
-            })
-            .collect();
-        roster.sort_by(|a, b| a.agent_id.cmp(&b.agent_id));
-
+            _ => {
+                let (agents, revocations, roster) = agent_part(state)?;
+                (Arc::new(agents), revocations, Arc::new(roster))
+            }
+        };
         let mut acls = pb::PackageAcls::default();
         let mut withdrawals = pb::Withdrawals::default();
         let mut withdrawn = HashSet::new();
@@ -80,7 +76,7 @@ impl FleetView {
                 });
             }
         }
-        let assignments = shared.rollouts.assignments(&all, &withdrawn);
+        let assignments = shared.rollouts.assignments(agents.values(), &withdrawn);
         let policies = state
             .policies()
             .map_err(internal)?
@@ -90,7 +86,8 @@ impl FleetView {
         Ok(Self {
             generation,
             roster_generation: generation,
-            agents: all.into_iter().map(|a| (a.agent_id.clone(), a)).collect(),
+            agents_version,
+            agents,
             revocations,
             roster,
             acls,
@@ -132,6 +129,38 @@ impl FleetView {
     pub fn policy_for(&self, agent: &AgentRecord) -> pb::Policy {
         crate::policy::effective(&self.policies, agent, self.policy_version)
     }
+}
+
+/// The agent records by id, the revocation list and the roster, from the
+/// agent table.
+type AgentPart = (
+    HashMap<String, AgentRecord>,
+    pb::Revocations,
+    Vec<pb::RosterPeer>,
+);
+
+fn agent_part(state: &crate::state::State) -> Result<AgentPart, Status> {
+    let all = state.agents().map_err(internal)?;
+    let mut revocations = pb::Revocations::default();
+    for a in all.iter().filter(|a| a.revoked.is_some()) {
+        revocations.agent_ids.push(a.agent_id.clone());
+        if !a.serial.is_empty() {
+            revocations.serials.push(a.serial.clone());
+        }
+    }
+    let mut roster: Vec<pb::RosterPeer> = all
+        .iter()
+        .filter(|a| a.revoked.is_none() && !a.addrs.is_empty())
+        .map(|a| pb::RosterPeer {
+            agent_id: a.agent_id.clone(),
+            addrs: a.addrs.clone(),
+            cert_fingerprint: a.fingerprint.clone(),
+            groups: a.groups.clone(),
+        })
+        .collect();
+    roster.sort_by(|a, b| a.agent_id.cmp(&b.agent_id));
+    let agents = all.into_iter().map(|a| (a.agent_id.clone(), a)).collect();
+    Ok((agents, revocations, roster))
 }
 
 /// A view is rebuilt at most this often: under a storm of changes
@@ -178,9 +207,11 @@ impl Views {
         }
         let s = shared.clone();
         let current = shared.fleet.generation();
-        let mut v = tokio::task::spawn_blocking(move || FleetView::build(&s, current))
-            .await
-            .map_err(|e| Status::internal(format!("building the fleet view: {e}")))??;
+        let prev = cur.as_ref().map(|(_, v)| v.clone());
+        let mut v =
+            tokio::task::spawn_blocking(move || FleetView::build(&s, current, prev.as_deref()))
+                .await
+                .map_err(|e| Status::internal(format!("building the fleet view: {e}")))??;
         if let Some((_, old)) = cur.as_ref()
             && old.roster == v.roster
         {

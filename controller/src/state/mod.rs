@@ -109,6 +109,9 @@ pub struct State {
     /// Serialises catalog registrations, so the name and quota checks and
     /// the insert are one step.
     catalog_lock: std::sync::Arc<tokio::sync::Mutex<()>>,
+    /// Counts writes to the agent table, so the fleet view can keep its
+    /// decoded agents while the table is unchanged.
+    agents_version: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// A stored policy document: its YAML as applied, what it says, and the
@@ -156,6 +159,7 @@ impl State {
             rollouts: db.open_tree("rollouts-1")?,
             rollout_agents: db.open_tree("rollout-agents-1")?,
             catalog_lock: Default::default(),
+            agents_version: Default::default(),
             db,
             gate: Default::default(),
         })
@@ -269,6 +273,7 @@ impl State {
                 .compare_and_swap(&id, None as Option<&[u8]>, Some(encode(&rec)))?
                 .is_ok()
             {
+                self.agents_changed();
                 self.flush().await?;
                 return Ok(rec);
             }
@@ -279,7 +284,21 @@ impl State {
     pub async fn put_agent(&self, rec: &AgentRecord) -> Result<(), StateError> {
         let _writing = self.gate.read().await;
         self.agents.insert(&rec.agent_id, encode(rec))?;
+        self.agents_changed();
         self.flush().await
+    }
+
+    fn agents_changed(&self) {
+        self.agents_version
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    }
+
+    /// Changes with every write to the agent table. Read it before
+    /// [`State::agents`]: a write in between then shows as a newer
+    /// version next time.
+    pub fn agents_version(&self) -> u64 {
+        self.agents_version
+            .load(std::sync::atomic::Ordering::Acquire)
     }
 
     pub fn agents(&self) -> Result<Vec<AgentRecord>, StateError> {
