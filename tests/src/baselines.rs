@@ -452,6 +452,57 @@ impl Storage {
     }
 }
 
+/// Where a benchmark keeps its data (`--storage`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum StorageKind {
+    /// Under the run's temporary directory, on the disk.
+    Disk,
+    /// One tmpfs mounted there for the run.
+    Tmpfs,
+}
+
+/// Makes `data` (on the disk, or a tmpfs of `need` bytes mounted there),
+/// after checking that `need` bytes fit: `what` says what they are for,
+/// `fewer` how to ask for less, for the message when they do not.
+pub fn prepare_storage(
+    kind: StorageKind,
+    data: &Path,
+    need: u64,
+    what: &str,
+    fewer: &str,
+) -> Result<Storage, String> {
+    match kind {
+        StorageKind::Tmpfs => {
+            let headroom = 1u64 << 30;
+            let available = mem_available()?;
+            if available < need + headroom {
+                return Err(format!(
+                    "not enough free memory: the tmpfs for {what} is {} MiB, and the \
+                     processes need about {} MiB more, but MemAvailable is {} MiB; use \
+                     --storage disk, {fewer}",
+                    need >> 20,
+                    headroom >> 20,
+                    available >> 20
+                ));
+            }
+            Ok(Storage::Tmpfs(Tmpfs::mount(data, need)?))
+        }
+        StorageKind::Disk => {
+            std::fs::create_dir_all(data).map_err(|e| format!("{}: {e}", data.display()))?;
+            let available = disk_available(data)?;
+            if available < need {
+                return Err(format!(
+                    "not enough disk: {what} is {} MiB, but {} has {} MiB free; {fewer}",
+                    need >> 20,
+                    data.display(),
+                    available >> 20
+                ));
+            }
+            Ok(Storage::Disk(data.to_owned()))
+        }
+    }
+}
+
 /// Free bytes on the file system holding `path`.
 pub fn disk_available(path: &Path) -> Result<u64, String> {
     let out = run_ok(
@@ -650,18 +701,65 @@ impl Drop for Watched {
 // ---------------------------------------------------------------------------
 // Network counters, payload, copies
 
-/// Bytes sent so far on `eth0` in namespace `ns` (whole frames).
-pub fn tx_bytes(ns: &str) -> Result<u64, String> {
-    let out = run_ok(
-        Command::new("ip").args(["-n", ns, "-s", "-j", "link", "show", "eth0"]),
-        Duration::from_secs(10),
-        "ip -s -j link show",
-    )?;
+/// Counters of one network interface (whole frames).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkBytes {
+    pub name: String,
+    pub rx: u64,
+    pub tx: u64,
+}
+
+/// Bytes received and sent so far on every interface of namespace `ns`
+/// but loopback, or only on `dev`.
+pub fn link_bytes(ns: &str, dev: Option<&str>) -> Result<Vec<LinkBytes>, String> {
+    let mut cmd = Command::new("ip");
+    cmd.args(["-n", ns, "-s", "-j", "link", "show"]);
+    if let Some(d) = dev {
+        cmd.arg(d);
+    }
+    let out = run_ok(&mut cmd, Duration::from_secs(10), "ip -s -j link show")?;
     let v: serde_json::Value =
         serde_json::from_str(&out).map_err(|e| format!("ip -j output of {ns}: {e}"))?;
-    v[0]["stats64"]["tx"]["bytes"]
-        .as_u64()
-        .ok_or_else(|| format!("no stats64.tx.bytes for eth0 in {ns}: {out}"))
+    let links = v
+        .as_array()
+        .ok_or_else(|| format!("ip -j output of {ns} is not a list: {out}"))?;
+    links
+        .iter()
+        .filter(|l| l["ifname"] != "lo")
+        .map(|l| {
+            let name = l["ifname"].as_str().unwrap_or("?").to_owned();
+            let count = |dir: &str| {
+                l["stats64"][dir]["bytes"]
+                    .as_u64()
+                    .ok_or_else(|| format!("no stats64.{dir}.bytes for {name} in {ns}: {out}"))
+            };
+            Ok(LinkBytes {
+                rx: count("rx")?,
+                tx: count("tx")?,
+                name: name.clone(),
+            })
+        })
+        .collect()
+}
+
+/// `eth0`'s counters in namespace `ns`.
+pub fn eth0_bytes(ns: &str) -> Result<LinkBytes, String> {
+    link_bytes(ns, Some("eth0"))?
+        .pop()
+        .ok_or_else(|| format!("no eth0 in {ns}"))
+}
+
+/// Bytes sent so far on `eth0` in namespace `ns` (whole frames).
+pub fn tx_bytes(ns: &str) -> Result<u64, String> {
+    eth0_bytes(ns).map(|l| l.tx)
+}
+
+/// Bytes received so far on `eth0` of every host, in order.
+pub fn rx_all(tb: &Testbed) -> Result<Vec<u64>, String> {
+    tb.hosts
+        .iter()
+        .map(|h| eth0_bytes(&h.ns).map(|l| l.rx))
+        .collect()
 }
 
 /// [`tx_bytes`] of every host, in order.

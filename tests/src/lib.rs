@@ -15,8 +15,12 @@ pub mod evil;
 pub mod netns;
 pub mod plot;
 pub mod process;
+#[cfg(target_os = "linux")]
+pub mod scenarios;
 pub mod sim;
 pub mod swarm;
+#[cfg(target_os = "linux")]
+pub mod swarm_run;
 
 /// Path of a workspace binary (`shoal`, `shoal-agent`, …), built fresh.
 ///

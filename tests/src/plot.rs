@@ -54,8 +54,8 @@ fn err(path: &Path) -> impl Fn(String) -> String + '_ {
 }
 
 /// A line chart: x from 0 to the largest x, y from 0 to `y_max`; a legend
-/// in the upper left, empty for curves that rise, when `legend` (up to 16
-/// lines).
+/// in the upper left, empty for curves that rise, when `legend` (the
+/// first 16 lines with a label; lines labelled "" have no entry).
 pub fn lines(
     path: &Path,
     title: &str,
@@ -90,12 +90,14 @@ pub fn lines(
         .light_line_style(WHITE.mix(0.0))
         .draw()
         .map_err(|x| e(x.to_string()))?;
+    let mut entries = 0;
     for (i, s) in series.iter().enumerate() {
         let c = color(i);
         let drawn = chart
             .draw_series(LineSeries::new(s.points.iter().copied(), c.stroke_width(2)))
             .map_err(|x| e(x.to_string()))?;
-        if legend && i < 16 {
+        if legend && entries < 16 && !s.label.is_empty() {
+            entries += 1;
             drawn.label(s.label.clone()).legend(move |(x, y)| {
                 PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(3))
             });
