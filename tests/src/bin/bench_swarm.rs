@@ -6,7 +6,9 @@
 //! against the ideal `size / link rate`, the seed's upload in copies, CPU
 //! and peak memory per host, per-host completion times, and (optionally)
 //! JSON and PNG charts. `bench-swarm pair` measures one Shoal transfer on
-//! loopback without limits: throughput and CPU per GB.
+//! loopback without limits: throughput and CPU per GB. `bench-swarm
+//! scenario course|subnets|churn|next-month` runs one of the deployment
+//! scenarios with Shoal alone (`shoal_tests::scenarios`).
 //!
 //! Run: `cargo run --release -p shoal-tests --bin bench-swarm -- --help`
 //! (as root, for the namespaces, the tmpfs and installing the baselines'
@@ -32,17 +34,16 @@ mod linux {
     use shoal_proto::chunking::ChunkingSpec;
     use shoal_proto::units::{parse_rate, parse_size};
     use shoal_tests::baselines::{
-        self, ARIA2C, CURL, MKTORRENT, MethodResult, NGINX, OPENTRACKER, Payload, ProcStats, Setup,
-        Storage, Tmpfs, cpu_seconds, peak_rss, tx_all,
+        self, ARIA2C, CURL, MKTORRENT, MethodResult, NGINX, OPENTRACKER, Payload, Setup,
+        StorageKind, cpu_seconds, peak_rss,
     };
     use shoal_tests::netns::{Testbed, unavailable};
     use shoal_tests::plot::{self, Series};
-    use shoal_tests::process::{AgentOptions, AgentProcess, wait_for_peers};
+    use shoal_tests::process::AgentProcess;
+    use shoal_tests::scenarios::{self, Outcome, Scenario, UploadUnit};
     use shoal_tests::swarm::Pki;
+    use shoal_tests::swarm_run::{self, Fetch, TCP_SHARE, ideal_seconds};
 
-    /// TCP payload gets about this share of a tbf rate on this kind of
-    /// machine (PRODUCT.md); the ideal makespan uses the rate TCP can reach.
-    const TCP_SHARE: f64 = 0.957;
     const MIB: f64 = (1u64 << 20) as f64;
 
     #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -65,6 +66,60 @@ mod linux {
         }
     }
 
+    /// What every mode but `pair` takes.
+    #[derive(Debug, clap::Args)]
+    struct Common {
+        /// Link rate of every host, both ways (tc tbf syntax and ours alike).
+        #[arg(long, default_value = "100Mbit/s")]
+        rate: String,
+        /// Give up on a distribution after this many seconds.
+        #[arg(long, default_value_t = 1800)]
+        timeout: u64,
+        /// Also write the results as JSON here.
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// Write PNG charts here (made if missing).
+        #[arg(long)]
+        plot_dir: Option<PathBuf>,
+        /// Where the payload and every copy of it live: the disk (under
+        /// the temporary directory) or one tmpfs.
+        #[arg(long, value_enum, default_value = "disk")]
+        storage: StorageKind,
+        /// Shoal agents' `limits.upload_slots`.
+        #[arg(long, default_value_t = 4)]
+        upload_slots: u32,
+    }
+
+    impl Common {
+        fn rate_bytes(&self) -> Result<u64, String> {
+            let r = parse_rate(&self.rate).map_err(|e| format!("--rate: {e}"))?;
+            if r == 0 {
+                return Err("--rate: the benchmark needs a limited rate".into());
+            }
+            Ok(r)
+        }
+
+        /// Installs the charts' font if needed and makes the plot directory.
+        fn prepare_plots(&self) -> Result<(), String> {
+            if let Some(dir) = &self.plot_dir {
+                std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+                plot::register_font(Path::new(baselines::FONT))?;
+            }
+            Ok(())
+        }
+
+        fn write_json(&self, v: &serde_json::Value) -> Result<(), String> {
+            let Some(path) = &self.json else {
+                return Ok(());
+            };
+            std::fs::write(
+                path,
+                serde_json::to_vec_pretty(v).map_err(|e| format!("JSON: {e}"))?,
+            )
+            .map_err(|e| format!("{}: {e}", path.display()))
+        }
+    }
+
     #[derive(Debug, Parser)]
     #[command(
         name = "bench-swarm",
@@ -78,9 +133,6 @@ mod linux {
         agents: usize,
         #[arg(long, default_value = "512MiB", value_parser = size)]
         size: u64,
-        /// Link rate of every host, both ways (tc tbf syntax and ours alike).
-        #[arg(long, default_value = "100Mbit/s")]
-        rate: String,
         /// Methods to run, one after the other on the same testbed.
         #[arg(long, value_delimiter = ',', default_value = "shoal,http,bittorrent")]
         methods: Vec<Method>,
@@ -91,28 +143,8 @@ mod linux {
         /// pieces, 256 KiB (mktorrent's default) to 16 MiB].
         #[arg(long, value_parser = size)]
         piece_size: Option<u64>,
-        /// Give up on a method after this many seconds.
-        #[arg(long, default_value_t = 1800)]
-        timeout: u64,
-        /// Also write the results as JSON here.
-        #[arg(long)]
-        json: Option<PathBuf>,
-        /// Write PNG charts here (made if missing).
-        #[arg(long)]
-        plot_dir: Option<PathBuf>,
-        /// Where every method keeps the payload and its copies: the disk
-        /// (under the temporary directory) or one tmpfs.
-        #[arg(long, value_enum, default_value = "disk")]
-        storage: StorageKind,
-        /// Shoal agents' `limits.upload_slots`.
-        #[arg(long, default_value_t = 4)]
-        upload_slots: u32,
-    }
-
-    #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-    enum StorageKind {
-        Disk,
-        Tmpfs,
+        #[command(flatten)]
+        common: Common,
     }
 
     #[derive(Debug, Subcommand)]
@@ -122,33 +154,76 @@ mod linux {
             #[arg(long, default_value = "2GiB", value_parser = size)]
             size: u64,
         },
+        /// One deployment scenario, Shoal alone.
+        Scenario(ScenarioArgs),
+    }
+
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+    enum ScenarioName {
+        /// A directory of `--files` files (1 KiB to 50 MiB, mostly small).
+        Course,
+        /// Two subnets behind a router; the controller's roster across.
+        Subnets,
+        /// `--kill-share` of the hosts killed mid-run and restarted.
+        Churn,
+        /// Every host holds v1; v2 has `--changed` of its bytes changed.
+        NextMonth,
+    }
+
+    #[derive(Debug, clap::Args)]
+    struct ScenarioArgs {
+        #[arg(value_enum)]
+        name: ScenarioName,
+        /// Receiving hosts besides the seed (subnets: the seed and half of
+        /// them on subnet 0, the rest on subnet 1).
+        #[arg(long, default_value_t = 30)]
+        agents: usize,
+        /// Bytes of the package (next-month: of v1).
+        #[arg(long, default_value = "1GiB", value_parser = size)]
+        size: u64,
+        /// `fixed:SIZE` or `cdc:AVERAGE` [default: fixed:1MiB; next-month
+        /// cdc:64KiB].
+        #[arg(long, value_parser = chunking)]
+        chunking: Option<ChunkingSpec>,
+        /// course: how many files.
+        #[arg(long, default_value_t = 5000)]
+        files: usize,
+        /// churn: share of the hosts killed and restarted.
+        #[arg(long, default_value_t = 0.2)]
+        kill_share: f64,
+        /// next-month: share of the image's bytes changed.
+        #[arg(long, default_value_t = 0.03)]
+        changed: f64,
+        /// Seed of every random choice (file sizes, edits, who dies when).
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Copy the agents' and the controller's logs here at the end.
+        #[arg(long)]
+        logs: Option<PathBuf>,
+        #[command(flatten)]
+        common: Common,
     }
 
     fn size(s: &str) -> Result<u64, String> {
         parse_size(s).map_err(|e| e.to_string())
     }
 
-    fn done_bytes(a: &AgentProcess, package: &str) -> (u64, bool) {
-        let run = a.shoal(&["list", "--json"]);
-        if run.code != 0 {
-            return (0, false);
-        }
-        let v = run.json();
-        let Some(p) = v.as_array().and_then(|l| {
-            l.iter().find(|p| {
-                format!(
-                    "{}@{}",
-                    p["name"].as_str().unwrap_or(""),
-                    p["version"].as_str().unwrap_or("")
-                ) == package
-            })
-        }) else {
-            return (0, false);
+    /// `fixed:SIZE`, `cdc:AVERAGE`, or `fixed` / `cdc` with Shoal's
+    /// default sizes.
+    fn chunking(s: &str) -> Result<ChunkingSpec, String> {
+        let (kind, n) = s.split_once(':').unwrap_or((s, ""));
+        let n = |default: u32| -> Result<u32, String> {
+            if n.is_empty() {
+                return Ok(default);
+            }
+            u32::try_from(size(n)?).map_err(|_| format!("{n}: too large"))
         };
-        (
-            p["bytes_done"].as_u64().unwrap_or(0),
-            p["state"] == "complete",
-        )
+        match kind {
+            "fixed" => ChunkingSpec::fixed(n(shoal_proto::chunking::DEFAULT_FIXED_SIZE)?),
+            "cdc" => ChunkingSpec::cdc(n(shoal_proto::chunking::DEFAULT_CDC_AVG)?),
+            _ => return Err(format!("{s}: fixed:SIZE or cdc:AVERAGE")),
+        }
+        .map_err(|e| e.to_string())
     }
 
     fn write_package(
@@ -173,7 +248,11 @@ mod linux {
             eprintln!("bench-swarm: {why}");
             std::process::exit(77);
         }
-        match compare(&args) {
+        let r = match &args.mode {
+            Some(Mode::Scenario(a)) => scenario(a).map(|()| true),
+            _ => compare(&args),
+        };
+        match r {
             Ok(true) => {}
             Ok(false) => std::process::exit(1),
             Err(e) => {
@@ -188,7 +267,6 @@ mod linux {
     struct Run {
         hosts: usize,
         size: u64,
-        rate_bytes: u64,
         ideal_s: f64,
         piece_size: u64,
     }
@@ -219,10 +297,7 @@ mod linux {
         if args.agents == 0 || args.agents > 250 {
             return Err("--agents: 1 to 250".into());
         }
-        let rate_bytes = parse_rate(&args.rate).map_err(|e| format!("--rate: {e}"))?;
-        if rate_bytes == 0 {
-            return Err("--rate: the benchmark needs a limited rate".into());
-        }
+        let rate_bytes = args.common.rate_bytes()?;
         let piece_size = args
             .piece_size
             .unwrap_or_else(|| auto_piece_size(args.size));
@@ -239,11 +314,8 @@ mod linux {
                 ));
             }
         }
-        baselines::ensure_installed(&tools, args.plot_dir.is_some())?;
-        if let Some(dir) = &args.plot_dir {
-            std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-            plot::register_font(Path::new(baselines::FONT))?;
-        }
+        baselines::ensure_installed(&tools, args.common.plot_dir.is_some())?;
+        args.common.prepare_plots()?;
 
         // Everything in one place: the payload, N copies, and room for the
         // agents' stores and logs, the torrent and the servers' logs.
@@ -251,41 +323,13 @@ mod linux {
         let data_size = args.size * hosts as u64 + (256 << 20) + (32 << 20) * hosts as u64;
         baselines::catch_interrupts()?;
         let work = tempfile::tempdir().map_err(|e| format!("a temporary directory: {e}"))?;
-        let data = work.path().join("data");
-        let tmpfs = match args.storage {
-            StorageKind::Tmpfs => {
-                let headroom = 1u64 << 30;
-                let available = baselines::mem_available()?;
-                if available < data_size + headroom {
-                    return Err(format!(
-                        "not enough free memory: the tmpfs for {hosts} copies of {} MiB plus \
-                         slack is {} MiB, and the processes need about {} MiB more, but \
-                         MemAvailable is {} MiB; use --storage disk, a smaller --size or fewer \
-                         --agents",
-                        args.size >> 20,
-                        data_size >> 20,
-                        headroom >> 20,
-                        available >> 20
-                    ));
-                }
-                Storage::Tmpfs(Tmpfs::mount(&data, data_size)?)
-            }
-            StorageKind::Disk => {
-                std::fs::create_dir_all(&data).map_err(|e| format!("{}: {e}", data.display()))?;
-                let available = baselines::disk_available(&data)?;
-                if available < data_size {
-                    return Err(format!(
-                        "not enough disk: {hosts} copies of {} MiB plus slack is {} MiB, but \
-                         {} has {} MiB free",
-                        args.size >> 20,
-                        data_size >> 20,
-                        data.display(),
-                        available >> 20
-                    ));
-                }
-                Storage::Disk(data)
-            }
-        };
+        let tmpfs = baselines::prepare_storage(
+            args.common.storage,
+            &work.path().join("data"),
+            data_size,
+            &format!("{hosts} copies of {} MiB plus slack", args.size >> 20),
+            "a smaller --size or fewer --agents",
+        )?;
         let pki = Pki::new();
         let (content, manifest) = write_package(
             &pki,
@@ -300,8 +344,7 @@ mod linux {
         let run = Run {
             hosts: args.agents,
             size: args.size,
-            rate_bytes,
-            ideal_s: args.size as f64 / (rate_bytes as f64 * TCP_SHARE),
+            ideal_s: ideal_seconds(args.size, rate_bytes),
             piece_size,
         };
 
@@ -315,7 +358,7 @@ mod linux {
             let dir = tmpfs.path().join(m.name());
             std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
             eprintln!("{}: distributing to {} hosts …", m.name(), args.agents);
-            let timeout = Duration::from_secs(args.timeout);
+            let timeout = Duration::from_secs(args.common.timeout);
             let setup = Setup {
                 tb: &tb,
                 dir: dir.clone(),
@@ -348,15 +391,9 @@ mod linux {
         drop(work);
 
         report(args, &run, &results, &failures);
-        if let Some(path) = &args.json {
-            let v = json(args, &run, &results, &failures);
-            std::fs::write(
-                path,
-                serde_json::to_vec_pretty(&v).map_err(|e| format!("JSON: {e}"))?,
-            )
-            .map_err(|e| format!("{}: {e}", path.display()))?;
-        }
-        if let Some(dir) = &args.plot_dir {
+        args.common
+            .write_json(&json(args, &run, rate_bytes, &results, &failures))?;
+        if let Some(dir) = &args.common.plot_dir {
             plots(dir, args, &run, &results)?;
         }
         Ok(failures.is_empty())
@@ -372,180 +409,27 @@ mod linux {
         content: &Path,
         args: &Args,
     ) -> Result<MethodResult, String> {
-        let (size, timeout, upload_slots) = (
-            args.size,
-            Duration::from_secs(args.timeout),
-            args.upload_slots,
-        );
-        let n = tb.hosts.len() - 1;
-        let extra = format!("limits:\n  upload_slots: {upload_slots}\n");
-        let hosts: Vec<AgentProcess> = tb
-            .hosts
-            .iter()
-            .enumerate()
-            .map(|(i, h)| {
-                let id = if i == 0 {
-                    "seed".to_owned()
-                } else {
-                    format!("host-{i}")
-                };
-                AgentProcess::start_with(
-                    pki,
-                    &id,
-                    &dir.join(&id),
-                    AgentOptions {
-                        extra: extra.clone(),
-                        ..AgentOptions::on(h)
-                    },
-                )
-            })
-            .collect();
-        hosts[0].publish(manifest, content);
-        wait_for_peers(&hosts, n, None, Duration::from_secs(60));
-        let pids: Vec<u32> = hosts
-            .iter()
-            .map(|h| h.pid().ok_or_else(|| format!("{} has no process", h.id)))
-            .collect::<Result<_, _>>()?;
-        let sent = |h: &AgentProcess| h.status_u64("bytes_sent");
-        let sent0: Vec<u64> = hosts.iter().map(sent).collect();
-        let cpu0: Vec<f64> = pids
-            .iter()
-            .map(|&p| cpu_seconds(p).unwrap_or(0.0))
-            .collect();
-        let mut rss: Vec<u64> = pids.iter().map(|&p| peak_rss(p).unwrap_or(0)).collect();
-        let tx0 = tx_all(tb)?;
-
-        // Each host's completion is when its `shoal fetch --wait` returns
-        // (the agent reports the package complete and verified), as curl's
-        // exit is for HTTP; progress for the timeline is polled every
-        // 2 s, so the polling costs the CPU little.
-        let started = Instant::now();
-        let (done_tx, done_rx) = std::sync::mpsc::channel::<(usize, f64, Result<(), String>)>();
-        let mut done_at: Vec<Option<f64>> = vec![None; n];
-        let mut timeline: Vec<(f64, Vec<u64>)> = Vec::new();
-        let mut failed: Option<String> = None;
-        std::thread::scope(|s| -> Result<(), String> {
-            for (i, h) in hosts[1..].iter().enumerate() {
-                let tx = done_tx.clone();
-                s.spawn(move || {
-                    let run = h.shoal(&["fetch", "bench/image@1", "--wait", "--json", "-q"]);
-                    let t = started.elapsed().as_secs_f64();
-                    let r = if run.code == 0 {
-                        Ok(())
-                    } else {
-                        Err(format!("{}: {}{}", h.id, run.stdout, run.stderr))
-                    };
-                    let _ = tx.send((i, t, r));
-                });
-            }
-            drop(done_tx);
-            let mut next_sample = Instant::now();
-            while done_at.iter().any(Option::is_none) && failed.is_none() {
-                if Instant::now() >= next_sample {
-                    let t = started.elapsed().as_secs_f64();
-                    let row = hosts[1..]
-                        .iter()
-                        .map(|h| done_bytes(h, "bench/image@1").0)
-                        .collect();
-                    timeline.push((t, row));
-                    for (r, &p) in rss.iter_mut().zip(&pids) {
-                        *r = (*r).max(peak_rss(p).unwrap_or(0));
-                    }
-                    next_sample = Instant::now() + Duration::from_secs(2);
-                }
-                match done_rx.recv_timeout(Duration::from_millis(100)) {
-                    Ok((i, t, Ok(()))) => done_at[i] = Some(t),
-                    Ok((_, _, Err(e))) => failed = Some(e),
-                    Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
-                    Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
-                }
-                if baselines::interrupted() {
-                    failed = Some("interrupted".into());
-                }
-                if started.elapsed() > timeout {
-                    let left: Vec<&str> = hosts[1..]
-                        .iter()
-                        .zip(&done_at)
-                        .filter(|(_, d)| d.is_none())
-                        .map(|(h, _)| h.id.as_str())
-                        .collect();
-                    failed = Some(format!("not done after {timeout:?}: {}", left.join(", ")));
-                }
-            }
-            if failed.is_some() {
-                // The fetch threads end when their agents do.
-                for h in &hosts[1..] {
-                    let _ = h.shoal(&["cancel", "bench/image@1"]);
-                }
-            }
-            Ok(())
-        })?;
-        if let Some(e) = failed {
-            return Err(e);
-        }
-        let final_row: Vec<u64> = hosts[1..]
-            .iter()
-            .map(|h| done_bytes(h, "bench/image@1").0)
-            .collect();
-        timeline.push((started.elapsed().as_secs_f64(), final_row));
-        let tx1 = tx_all(tb)?;
-        let stats: Vec<ProcStats> = pids
-            .iter()
-            .zip(&cpu0)
-            .zip(&rss)
-            .map(|((&p, c0), &r)| ProcStats {
-                cpu_s: (cpu_seconds(p).unwrap_or(0.0) - c0).max(0.0),
-                peak_rss: r.max(peak_rss(p).unwrap_or(0)),
-            })
-            .collect();
-        let bytes_sent: Vec<u64> = hosts
-            .iter()
-            .zip(&sent0)
-            .map(|(h, s0)| sent(h).saturating_sub(*s0))
-            .collect();
-        drop(hosts);
-        let completion_s: Vec<f64> = done_at.iter().map(|d| d.unwrap_or(f64::NAN)).collect();
-        Ok(MethodResult {
-            method: "shoal".into(),
-            makespan_s: completion_s.iter().copied().fold(0.0, f64::max),
-            completion_s,
-            timeline,
-            tx_bytes: tx0
-                .iter()
-                .zip(&tx1)
-                .map(|(a, b)| b.saturating_sub(*a))
-                .collect(),
-            uploaded: bytes_sent.clone(),
-            uploaded_source: "shoal status bytes_sent",
-            seed_procs: vec![("shoal-agent".into(), stats[0])],
-            host_procs: stats[1..].to_vec(),
-            host_proc_name: "shoal-agent".into(),
-            extra: serde_json::json!({
-                "bytes_sent": bytes_sent,
-                "seed_bytes_sent_copies": bytes_sent[0] as f64 / size as f64,
-            }),
-        })
+        let extra = swarm_run::limits_yaml(args.common.upload_slots);
+        let mut agents = swarm_run::start_swarm(pki, tb, dir, &extra, manifest, content)?;
+        let d = swarm_run::distribute(
+            &mut agents,
+            tb,
+            &Fetch {
+                package: "bench/image@1",
+                timeout: Duration::from_secs(args.common.timeout),
+                outages: &[],
+            },
+        )?;
+        drop(agents);
+        Ok(d.method_result("shoal", args.size))
     }
 
     fn mib(b: u64) -> f64 {
         b as f64 / MIB
     }
 
-    fn report(args: &Args, run: &Run, results: &[MethodResult], failures: &[(&str, String)]) {
-        println!(
-            "\nSwarm distribution: 1 seed -> {} hosts, {} MiB, {} links, ideal {:.1} s \
-             (size / (rate x {TCP_SHARE}))",
-            run.hosts,
-            run.size >> 20,
-            args.rate,
-            run.ideal_s
-        );
-        println!(
-            "Shoal chunks {} MiB fixed; BitTorrent pieces {} KiB. Seed upload = the seed's \
-             eth0 tx (frames) / size. CPU over the distribution; RSS = VmHWM.",
-            args.chunk_size >> 20,
-            run.piece_size >> 10
-        );
+    /// The table every mode prints: one row per result.
+    fn table(rows: &[(&str, &MethodResult)], size: u64, ideal_s: f64) {
         println!(
             "\n{:<11} {:>10} {:>8} {:>6} {:>12} {:>9} {:>8} {:>9} {:>10} {:>10}",
             "method",
@@ -563,14 +447,14 @@ mod linux {
             "{:<11} {:>10} {:>8} {:>6} {:>12} {:>9} {:>8} {:>9} {:>10} {:>10}",
             "", "", "", "", "copies", "s/host", "s/host", "s", "MiB/host", "MiB"
         );
-        for r in results {
+        for (label, r) in rows {
             println!(
                 "{:<11} {:>10.1} {:>8.1} {:>6.2} {:>12.2} {:>9.2} {:>8.2} {:>9.2} {:>10.1} {:>10.1}",
-                r.method,
+                label,
                 r.makespan_s,
-                run.ideal_s,
-                r.makespan_s / run.ideal_s,
-                r.seed_copies(run.size),
+                ideal_s,
+                r.makespan_s / ideal_s,
+                r.seed_copies(size),
                 r.host_cpu_mean(),
                 r.host_cpu_max(),
                 r.seed_cpu(),
@@ -578,47 +462,68 @@ mod linux {
                 mib(r.seed_rss()),
             );
         }
+    }
+
+    /// Sorted completion times, processes, and Shoal's own upload count.
+    fn details(label: &str, r: &MethodResult, size: u64) {
+        let mut sorted: Vec<f64> = r.completion_s.clone();
+        sorted.sort_by(f64::total_cmp);
+        println!(
+            "  {label:<11} completions (s) {}",
+            sorted
+                .iter()
+                .map(|t| format!("{t:.1}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
+        println!(
+            "  {:<11} processes: seed {}; hosts {}",
+            "",
+            r.seed_procs
+                .iter()
+                .map(|(n, p)| format!("{n} {:.2} s {:.1} MiB", p.cpu_s, mib(p.peak_rss)))
+                .collect::<Vec<_>>()
+                .join(", "),
+            r.host_proc_name
+        );
+        if r.method == "shoal" {
+            println!(
+                "  {:<11} seed upload by its own count (bytes_sent): {:.2} copies",
+                "",
+                r.uploaded.first().copied().unwrap_or(0) as f64 / size as f64
+            );
+        }
+    }
+
+    fn report(args: &Args, run: &Run, results: &[MethodResult], failures: &[(&str, String)]) {
+        println!(
+            "\nSwarm distribution: 1 seed -> {} hosts, {} MiB, {} links, ideal {:.1} s \
+             (size / (rate x {TCP_SHARE}))",
+            run.hosts,
+            run.size >> 20,
+            args.common.rate,
+            run.ideal_s
+        );
+        println!(
+            "Shoal chunks {} MiB fixed; BitTorrent pieces {} KiB. Seed upload = the seed's \
+             eth0 tx (frames) / size. CPU over the distribution; RSS = VmHWM.",
+            args.chunk_size >> 20,
+            run.piece_size >> 10
+        );
+        let rows: Vec<(&str, &MethodResult)> =
+            results.iter().map(|r| (r.method.as_str(), r)).collect();
+        table(&rows, run.size, run.ideal_s);
         for (m, e) in failures {
             println!("{m:<11} FAILED: {}", e.lines().next().unwrap_or(""));
         }
         println!();
         for r in results {
-            let mut sorted: Vec<f64> = r.completion_s.clone();
-            sorted.sort_by(f64::total_cmp);
-            println!(
-                "  {:<11} completions (s) {}",
-                r.method,
-                sorted
-                    .iter()
-                    .map(|t| format!("{t:.1}"))
-                    .collect::<Vec<_>>()
-                    .join(" ")
-            );
-            println!(
-                "  {:<11} processes: seed {}; hosts {}",
-                "",
-                r.seed_procs
-                    .iter()
-                    .map(|(n, p)| format!("{n} {:.2} s {:.1} MiB", p.cpu_s, mib(p.peak_rss)))
-                    .collect::<Vec<_>>()
-                    .join(", "),
-                r.host_proc_name
-            );
-            if r.method == "shoal" {
-                println!(
-                    "  {:<11} seed upload by its own count (bytes_sent): {:.2} copies",
-                    "",
-                    r.uploaded.first().copied().unwrap_or(0) as f64 / run.size as f64
-                );
-            }
+            details(&r.method, r, run.size);
         }
     }
 
-    fn versions() -> serde_json::Value {
-        let mut v = serde_json::Map::new();
-        for p in ["nginx-light", "curl", "aria2", "opentracker", "mktorrent"] {
-            v.insert(p.into(), baselines::package_version(p).into());
-        }
+    /// Shoal's version and commit.
+    fn shoal_version() -> String {
         let commit = baselines::run_ok(
             std::process::Command::new("git")
                 .args(["rev-parse", "--short", "HEAD"])
@@ -628,24 +533,30 @@ mod linux {
         )
         .map(|s| s.trim().to_owned())
         .unwrap_or_else(|_| "?".into());
-        v.insert(
-            "shoal".into(),
-            format!("{} ({commit})", env!("CARGO_PKG_VERSION")).into(),
-        );
+        format!("{} ({commit})", env!("CARGO_PKG_VERSION"))
+    }
+
+    fn versions() -> serde_json::Value {
+        let mut v = serde_json::Map::new();
+        for p in ["nginx-light", "curl", "aria2", "opentracker", "mktorrent"] {
+            v.insert(p.into(), baselines::package_version(p).into());
+        }
+        v.insert("shoal".into(), shoal_version().into());
         v.into()
     }
 
     fn json(
         args: &Args,
         run: &Run,
+        rate_bytes: u64,
         results: &[MethodResult],
         failures: &[(&str, String)],
     ) -> serde_json::Value {
         serde_json::json!({
             "agents": run.hosts,
             "size": run.size,
-            "rate": args.rate,
-            "rate_bytes_per_s": run.rate_bytes,
+            "rate": args.common.rate,
+            "rate_bytes_per_s": rate_bytes,
             "tcp_share": TCP_SHARE,
             "ideal_s": run.ideal_s,
             "chunk_size": args.chunk_size,
@@ -658,46 +569,83 @@ mod linux {
         })
     }
 
-    /// Per method: each host's share of the package over time, and bytes
-    /// uploaded per host; for all methods: hosts done over time.
+    /// A result's two charts: `<name>-completion.png` (each host's share
+    /// of the package over time) and `<name>-upload.png` (bytes uploaded
+    /// per host). `labels` name every host, seed first; with more than 16
+    /// hosts only labels ending in ")" go into the legend.
+    fn host_plots(
+        dir: &Path,
+        name: &str,
+        about: &str,
+        r: &MethodResult,
+        size: u64,
+        labels: &[String],
+        unit: UploadUnit,
+    ) -> Result<(), String> {
+        let size = size as f64;
+        let hosts = labels.len() - 1;
+        let legend = |l: &str| hosts <= 16 || l.ends_with(')');
+        let series: Vec<Series> = labels[1..]
+            .iter()
+            .enumerate()
+            .map(|(i, l)| Series {
+                label: if legend(l) { l.clone() } else { String::new() },
+                points: std::iter::once((0.0, 0.0))
+                    .chain(
+                        r.timeline
+                            .iter()
+                            .map(|(t, row)| (*t, row.get(i).copied().unwrap_or(0) as f64 / size)),
+                    )
+                    .collect(),
+            })
+            .collect();
+        plot::lines(
+            &dir.join(format!("{name}-completion.png")),
+            &format!("{}: share of the package held per host ({about})", r.method),
+            "seconds",
+            "fraction held",
+            &series,
+            1.0,
+            labels[1..].iter().any(|l| legend(l)),
+        )?;
+        let (scale, what) = match unit {
+            UploadUnit::Copies => (1.0 / size, "copies"),
+            UploadUnit::Percent => (100.0 / size, "% of the package"),
+        };
+        let values: Vec<f64> = r.uploaded.iter().map(|&b| b as f64 * scale).collect();
+        plot::bars(
+            &dir.join(format!("{name}-upload.png")),
+            &format!("{}: uploaded per host ({about})", r.method),
+            &format!("{what} ({})", r.uploaded_source),
+            labels,
+            &values,
+        )
+    }
+
+    /// Per method: [`host_plots`]; for all methods: hosts done over time.
     fn plots(dir: &Path, args: &Args, run: &Run, results: &[MethodResult]) -> Result<(), String> {
-        let size = run.size as f64;
-        let about = format!("{} hosts, {} MiB, {}", run.hosts, run.size >> 20, args.rate);
+        let about = format!(
+            "{} hosts, {} MiB, {}",
+            run.hosts,
+            run.size >> 20,
+            args.common.rate
+        );
+        let labels: Vec<String> = std::iter::once("seed".to_owned())
+            .chain((1..=run.hosts).map(|i| format!("h{i}")))
+            .collect();
         for r in results {
-            let series: Vec<Series> =
-                (0..run.hosts)
-                    .map(|i| Series {
-                        label: format!("h{}", i + 1),
-                        points: std::iter::once((0.0, 0.0))
-                            .chain(r.timeline.iter().map(|(t, row)| {
-                                (*t, row.get(i).copied().unwrap_or(0) as f64 / size)
-                            }))
-                            .collect(),
-                    })
-                    .collect();
-            plot::lines(
-                &dir.join(format!("{}-completion.png", r.method)),
-                &format!("{}: share of the package held per host ({about})", r.method),
-                "seconds",
-                "fraction held",
-                &series,
-                1.0,
-                run.hosts <= 16,
-            )?;
-            let labels: Vec<String> = std::iter::once("seed".to_owned())
-                .chain((1..=run.hosts).map(|i| format!("h{i}")))
-                .collect();
-            let copies: Vec<f64> = r.uploaded.iter().map(|&b| b as f64 / size).collect();
-            plot::bars(
-                &dir.join(format!("{}-upload.png", r.method)),
-                &format!("{}: uploaded per host ({about})", r.method),
-                &format!("copies ({})", r.uploaded_source),
+            host_plots(
+                dir,
+                &r.method,
+                &about,
+                r,
+                run.size,
                 &labels,
-                &copies,
+                UploadUnit::Copies,
             )?;
         }
         let n = run.hosts as f64;
-        let series: Vec<Series> = results
+        let mut series: Vec<Series> = results
             .iter()
             .map(|r| {
                 let mut done: Vec<f64> = r.completion_s.clone();
@@ -713,7 +661,6 @@ mod linux {
                 }
             })
             .collect();
-        let mut series = series;
         series.push(Series {
             label: "ideal".into(),
             points: vec![(run.ideal_s, 0.0), (run.ideal_s, 1.0)],
@@ -729,6 +676,116 @@ mod linux {
             &series,
             1.0,
             true,
+        )?;
+        eprintln!("charts in {}", dir.display());
+        Ok(())
+    }
+
+    /// `bench-swarm scenario NAME`: runs it, prints its table and notes,
+    /// writes its JSON and charts.
+    fn scenario(a: &ScenarioArgs) -> Result<(), String> {
+        let rate_bytes = a.common.rate_bytes()?;
+        baselines::ensure_installed(&[], a.common.plot_dir.is_some())?;
+        a.common.prepare_plots()?;
+        let s = match a.name {
+            ScenarioName::Course => Scenario::Course { files: a.files },
+            ScenarioName::Subnets => Scenario::Subnets,
+            ScenarioName::Churn => Scenario::Churn {
+                kill_share: a.kill_share,
+            },
+            ScenarioName::NextMonth => Scenario::NextMonth { changed: a.changed },
+        };
+        let default = match s {
+            Scenario::NextMonth { .. } => ChunkingSpec::cdc(64 << 10),
+            _ => ChunkingSpec::fixed(1 << 20),
+        }
+        .map_err(|e| e.to_string())?;
+        let c = scenarios::Config {
+            agents: a.agents,
+            size: a.size,
+            rate_bytes,
+            chunking: a.chunking.unwrap_or(default),
+            timeout: Duration::from_secs(a.common.timeout),
+            storage: a.common.storage,
+            upload_slots: a.common.upload_slots,
+            seed: a.seed,
+            logs: a.logs.clone(),
+        };
+        baselines::catch_interrupts()?;
+        let params = serde_json::json!({
+            "scenario": s.name(),
+            "agents": c.agents,
+            "size": c.size,
+            "rate": a.common.rate,
+            "rate_bytes_per_s": rate_bytes,
+            "tcp_share": TCP_SHARE,
+            "chunking": scenarios::describe(&c.chunking),
+            "upload_slots": c.upload_slots,
+            "storage": format!("{:?}", c.storage).to_lowercase(),
+            "seed": c.seed,
+            "files": a.files,
+            "kill_share": a.kill_share,
+            "changed": a.changed,
+            "version": shoal_version(),
+        });
+        let o = match scenarios::run(s, &c) {
+            Ok(o) => o,
+            Err(e) => {
+                let mut v = params;
+                v["error"] = e.clone().into();
+                a.common.write_json(&v)?;
+                return Err(format!("{}: {e}", s.name()));
+            }
+        };
+        println!(
+            "\nScenario {}: 1 seed -> {} hosts, {} MiB, {} links, {} chunks; ideal {:.1} s \
+             ({})",
+            o.scenario,
+            o.hosts,
+            o.size >> 20,
+            a.common.rate,
+            scenarios::describe(&c.chunking),
+            o.ideal_s,
+            o.ideal_is
+        );
+        println!(
+            "Seed upload = the seed's eth0 tx (frames) / size. CPU over the distribution; \
+             RSS = VmHWM."
+        );
+        table(&[(o.scenario, &o.result)], o.size, o.ideal_s);
+        println!();
+        details(o.scenario, &o.result, o.size);
+        for n in &o.notes {
+            println!("  {n}");
+        }
+        let mut v = params;
+        v["ideal_s"] = o.ideal_s.into();
+        v["ideal_is"] = o.ideal_is.clone().into();
+        v["result"] = o.result.json(o.size, o.ideal_s);
+        v["scenario_extra"] = o.extra.clone();
+        a.common.write_json(&v)?;
+        if let Some(dir) = &a.common.plot_dir {
+            scenario_plots(dir, a, &o)?;
+        }
+        Ok(())
+    }
+
+    fn scenario_plots(dir: &Path, a: &ScenarioArgs, o: &Outcome) -> Result<(), String> {
+        let about = format!(
+            "{}, {} hosts, {} MiB, {}",
+            o.scenario,
+            o.hosts,
+            o.size >> 20,
+            a.common.rate
+        );
+        host_plots(
+            dir,
+            o.scenario,
+            &about,
+            &o.result,
+            o.size,
+            &o.labels,
+            o.upload_unit,
         )?;
         eprintln!("charts in {}", dir.display());
         Ok(())
