@@ -72,7 +72,7 @@ impl ChunkWriter {
             .ok_or_else(|| StoreError::Internal("chunk writer used after an error".into()))?;
         let mut scratch = match self.scratch.take() {
             Some(b) if b.capacity() >= data.len() => b,
-            _ => AlignedBuf::new(data.len()),
+            _ => AlignedBuf::new(data.len().max(super::direct::POOLED_LEN)),
         };
         let (file, path) = (self.file.clone(), self.path.clone());
         let at = self.offset + u64::from(self.written);
