@@ -98,8 +98,10 @@ fn log_uniform_mean(lo: u64, hi: u64) -> f64 {
 /// `files` sizes from [`COURSE_MIN`] to [`COURSE_MAX`] adding up to
 /// exactly `total`: most log-uniform from 1 KiB to 1 MiB, a few
 /// log-uniform from 1 to 50 MiB, as many of those as bring the expected
-/// total to `total` (5,000 files, 1 GiB: 24 large files, 30 % of the
-/// bytes), then all scaled to hit it. In a shuffled order.
+/// total to `total`, then all scaled to hit it; in a shuffled order.
+/// 5,000 files, 1 GiB, seed 1: median 30 KiB, 3,042 files under 64 KiB,
+/// 42 over 1 MiB (25 drawn large) holding 32 % of the bytes, largest
+/// 45.8 MiB.
 pub fn course_sizes(files: usize, total: u64, seed: u64) -> Result<Vec<u64>, String> {
     let n = files as u64;
     if files == 0 || total < n * COURSE_MIN || total > n * COURSE_MAX {
@@ -547,6 +549,15 @@ pub fn run(s: Scenario, c: &Config) -> Result<Outcome, String> {
     }
     if c.rate_bytes == 0 {
         return Err("--rate: the benchmark needs a limited rate".into());
+    }
+    match s {
+        Scenario::Churn { kill_share } if !(0.0..=1.0).contains(&kill_share) => {
+            return Err(format!("--kill-share {kill_share}: 0 to 1"));
+        }
+        Scenario::NextMonth { changed } if !(changed > 0.0 && changed <= 0.1) => {
+            return Err(format!("--changed {changed}: more than 0, at most 0.1"));
+        }
+        _ => {}
     }
     let work = tempfile::tempdir().map_err(|e| format!("a temporary directory: {e}"))?;
     match s {
