@@ -293,7 +293,9 @@ impl AgentProcess {
             .and_then(|v| v.as_str().map(str::to_owned))
     }
 
-    fn package_field(&self, package: &str, field: &str) -> Option<serde_json::Value> {
+    /// `field` of `package` (`name@version`) in `shoal list --json`, if
+    /// the agent answers and holds it.
+    pub fn package_field(&self, package: &str, field: &str) -> Option<serde_json::Value> {
         let run = self.shoal(&["list", "--json"]);
         if run.code != 0 {
             return None;

@@ -127,6 +127,26 @@ pub fn connect_all(agents: &[&Agent]) {
     }
 }
 
+/// Asks `agent`'s local API to fetch `reference` (`name@version`), as
+/// `shoal fetch` does, and returns once the agent accepted it.
+pub async fn fetch(agent: &Agent, reference: &str) {
+    use shoal_proto::pb;
+    use shoal_proto::pb::local_control_server::LocalControl;
+    let api = shoal_agent::local_api::LocalApi {
+        ctx: agent.context().clone(),
+        transfers: agent.transfers().clone(),
+        listen_addrs: vec![],
+        started: std::time::Instant::now(),
+    };
+    api.fetch(tonic::Request::new(pb::FetchRequest {
+        package: reference.into(),
+        priority: 0,
+        pin: false,
+    }))
+    .await
+    .expect("fetch accepted");
+}
+
 /// Polls `f` every 100 ms until it returns true or `timeout` passes.
 pub async fn eventually(timeout: Duration, what: &str, mut f: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + timeout;

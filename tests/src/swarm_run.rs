@@ -83,17 +83,7 @@ pub fn status_u64(a: &AgentProcess, field: &str) -> Option<u64> {
 
 /// `bytes_done` of `package` (`name@version`) in `shoal list --json`.
 pub fn bytes_done(a: &AgentProcess, package: &str) -> Option<u64> {
-    let list = cli_json(a, &["list", "--json"])?;
-    list.as_array()?
-        .iter()
-        .find(|p| {
-            format!(
-                "{}@{}",
-                p["name"].as_str().unwrap_or(""),
-                p["version"].as_str().unwrap_or("")
-            ) == package
-        })
-        .map(|p| p["bytes_done"].as_u64().unwrap_or(0))
+    a.package_field(package, "bytes_done")?.as_u64()
 }
 
 /// Distinct agents `a` knows as peers, from any source.

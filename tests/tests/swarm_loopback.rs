@@ -5,8 +5,7 @@ use std::time::Duration;
 
 use shoal_agent::agent::Agent;
 use shoal_proto::chunking::ChunkingSpec;
-use shoal_proto::pb;
-use shoal_tests::swarm::{Pki, connect_all, eventually, tree_hashes};
+use shoal_tests::swarm::{Pki, connect_all, eventually, fetch, tree_hashes};
 use shoal_tests::write_random;
 
 const SIZE: u64 = 256 << 20;
@@ -45,20 +44,7 @@ async fn swarm_delivers(chunking: ChunkingSpec, name: &str) {
 
     let reference = format!("{name}@1");
     for a in &agents {
-        let api = shoal_agent::local_api::LocalApi {
-            ctx: a.context().clone(),
-            transfers: a.transfers().clone(),
-            listen_addrs: vec![],
-            started: std::time::Instant::now(),
-        };
-        use pb::local_control_server::LocalControl;
-        api.fetch(tonic::Request::new(pb::FetchRequest {
-            package: reference.clone(),
-            priority: 0,
-            pin: false,
-        }))
-        .await
-        .expect("fetch accepted");
+        fetch(a, &reference).await;
     }
     let id = verified.content_id;
     eventually(Duration::from_secs(240), "every agent to complete", || {

@@ -13,8 +13,7 @@ use shoal_agent::agent::Agent;
 use shoal_proto::SignedManifest;
 use shoal_proto::chunking::ChunkingSpec;
 use shoal_proto::package::{CreateOptions, create_manifest};
-use shoal_proto::pb;
-use shoal_tests::swarm::{Pki, connect_all, eventually, tree_hashes};
+use shoal_tests::swarm::{Pki, connect_all, eventually, fetch, tree_hashes};
 use shoal_tests::write_random;
 
 const SIZE: u64 = 48 << 20;
@@ -60,23 +59,6 @@ fn make_v2(v1: &Path, v2: &Path) {
 fn received(a: &Agent) -> u64 {
     let c = &a.context().counters;
     c.received_from_peers.load(Ordering::Relaxed) + c.received_from_origin.load(Ordering::Relaxed)
-}
-
-async fn fetch(a: &Agent, reference: &str) {
-    let api = shoal_agent::local_api::LocalApi {
-        ctx: a.context().clone(),
-        transfers: a.transfers().clone(),
-        listen_addrs: vec![],
-        started: std::time::Instant::now(),
-    };
-    use pb::local_control_server::LocalControl;
-    api.fetch(tonic::Request::new(pb::FetchRequest {
-        package: reference.into(),
-        priority: 0,
-        pin: false,
-    }))
-    .await
-    .expect("fetch accepted");
 }
 
 async fn complete(a: &Agent, verified: &shoal_proto::signing::VerifiedManifest) {
