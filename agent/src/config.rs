@@ -705,6 +705,7 @@ mod example_tests {
             "swarm.request_timeout",
             "swarm.ban_threshold",
             "swarm.ban_duration",
+            "store.direct_io",
             "local_api.socket",
             "log.format",
             "log.level",
