@@ -38,6 +38,28 @@ pub fn start_on_testbed(pki: &Pki, tb: &Testbed, work: &Path) -> Vec<AgentProces
         .collect()
 }
 
+/// Waits until every agent holds `package` complete; panics with the
+/// laggard's progress and log after `timeout`.
+pub fn wait_complete(agents: &[&AgentProcess], package: &str, size: u64, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    for a in agents {
+        loop {
+            let state = a.package_state(package);
+            if state.as_deref() == Some("complete") {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} did not complete {package} within {timeout:?} ({state:?}, {} of {size} bytes); log:\n{}",
+                a.id,
+                a.bytes_done(package),
+                a.log()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
 /// Waits until every agent knows at least `n` peers from `source`
 /// (`mdns`, `static`, …) or from any source.
 pub fn wait_for_peers(agents: &[AgentProcess], n: usize, source: Option<&str>, timeout: Duration) {

@@ -15,7 +15,7 @@ use shoal_proto::pb;
 use shoal_proto::pki::{CertificateAuthority, IssueRequest};
 use shoal_tests::evil::EvilPeer;
 use shoal_tests::netns::{Host, NsRuntime, Testbed, unavailable};
-use shoal_tests::process::{AgentOptions, AgentProcess};
+use shoal_tests::process::{AgentOptions, AgentProcess, wait_complete};
 use shoal_tests::swarm::{Pki, manifest_request, raw_client, tree_hashes};
 use shoal_tests::write_random;
 
@@ -74,27 +74,6 @@ fn fetch(a: &AgentProcess, package: &str) {
         run.stderr,
         a.log()
     );
-}
-
-/// Waits until every agent holds `package` complete.
-fn wait_complete(agents: &[&AgentProcess], package: &str, size: u64, timeout: Duration) {
-    let deadline = Instant::now() + timeout;
-    for a in agents {
-        loop {
-            let state = a.package_state(package);
-            if state.as_deref() == Some("complete") {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{} did not complete {package} within {timeout:?} ({state:?}, {} of {size} bytes); log:\n{}",
-                a.id,
-                a.bytes_done(package),
-                a.log()
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
 }
 
 /// Where an agent keeps `name@version` once complete.

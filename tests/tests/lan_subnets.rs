@@ -13,7 +13,9 @@ use shoal_agent::config::TlsPaths;
 use shoal_proto::chunking::ChunkingSpec;
 use shoal_tests::controller::{ControllerProcess, enroll_in, start_agent_in, wait_until};
 use shoal_tests::netns::{Host, NsRuntime, Testbed, namespaces_with_prefix, unavailable};
-use shoal_tests::process::{AgentOptions, AgentProcess, start_on_testbed, wait_for_peers};
+use shoal_tests::process::{
+    AgentOptions, AgentProcess, start_on_testbed, wait_complete, wait_for_peers,
+};
 use shoal_tests::swarm::{Pki, tree_hashes};
 
 const RATE: &str = "100mbit";
@@ -365,23 +367,7 @@ fn roster_carries_a_package_across_subnets() {
             a.log()
         );
     }
-    let deadline = Instant::now() + LIMIT;
-    for a in &far {
-        loop {
-            let state = a.package_state(PKG);
-            if state.as_deref() == Some("complete") {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{} did not complete {PKG} within {LIMIT:?} ({state:?}, {} of {SIZE} bytes); log:\n{}",
-                a.id,
-                a.bytes_done(PKG),
-                a.log()
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
+    wait_complete(&far, PKG, SIZE, LIMIT);
     eprintln!(
         "{} agents in subnet 1 fetched {} MiB from subnet 0 in {:.1} s",
         far.len(),
