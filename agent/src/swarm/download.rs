@@ -35,6 +35,10 @@ const RETRY_MIN: Duration = Duration::from_secs(2);
 const RETRY_MAX: Duration = Duration::from_secs(30);
 /// Consecutive failed requests before a peer is dropped and redialled.
 const MAX_PEER_FAILURES: u32 = 3;
+/// Longest back-off after repeated "busy" answers.
+const BUSY_BACKOFF_MAX: Duration = Duration::from_millis(2400);
+/// Messages handled at most between two scheduling passes.
+const MSG_BATCH: usize = 64;
 /// Progress rate is averaged over this window.
 const RATE_WINDOW: Duration = Duration::from_secs(5);
 
@@ -104,6 +108,23 @@ struct Peer {
     failures: u32,
     /// Not asked again before this (it said it was busy).
     idle_until: Option<Instant>,
+    /// "Busy" answers in a row: each doubles the back-off (up to
+    /// [`BUSY_BACKOFF_MAX`]), so a swarm of peers whose slots are all taken
+    /// does not spend its CPU asking again and again.
+    busy_streak: u32,
+    /// The last pick for this peer found nothing, under these terms, and
+    /// nothing that could change that has happened since: the scheduler
+    /// skips it instead of scanning every chunk again. With 30 peers most
+    /// have nothing new most of the time, and rescanning each of them on
+    /// every message was the agent's largest cost of its own.
+    exhausted: Option<PickTerms>,
+}
+
+/// What a pick for a peer depended on besides the chunks themselves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct PickTerms {
+    unique_only: bool,
+    endgame: bool,
 }
 
 impl Peer {
@@ -202,8 +223,16 @@ pub async fn run(
         tokio::select! {
             _ = cancel.cancelled() => return Err(DownloadError::Cancelled),
             Some(msg) = rx.recv() => {
-                if let Err(e) = d.handle(msg) {
-                    return Err(e.into());
+                // Take what else is queued before scheduling once for all
+                // of it: under load messages arrive in bursts.
+                let mut next = Some(msg);
+                let mut taken = 0;
+                while let Some(msg) = next.take() {
+                    d.handle(msg)?;
+                    taken += 1;
+                    if taken < MSG_BATCH {
+                        next = rx.try_recv().ok();
+                    }
                 }
             }
             changed = table.changed() => {
@@ -268,10 +297,19 @@ impl Download {
         if let Some(p) = self.peers.remove(agent) {
             if !p.origin {
                 self.picker.remove_peer(&p.have);
+                // Rarer chunks may now be ones only the origin holds.
+                self.offers_changed();
             }
             self.ctx.pool.forget(&p.conn.addr);
             let key = p.key.clone();
             self.retry_later(&key);
+        }
+    }
+
+    /// Every peer's next pick must look at the chunks again.
+    fn offers_changed(&mut self) {
+        for p in self.peers.values_mut() {
+            p.exhausted = None;
         }
     }
 
@@ -312,14 +350,21 @@ impl Download {
                         throughput: 0.0,
                         failures: 0,
                         idle_until: None,
+                        busy_streak: 0,
+                        exhausted: None,
                     },
                 );
             }
             Msg::Have { agent, chunks } => {
                 if let Some(p) = self.peers.get_mut(&agent) {
                     for c in chunks {
-                        if p.have.set(c) && !p.origin {
-                            self.picker.add_chunk(c);
+                        if p.have.set(c) {
+                            if !p.origin {
+                                self.picker.add_chunk(c);
+                            }
+                            if !self.have.get(c) {
+                                p.exhausted = None;
+                            }
                         }
                     }
                 }
@@ -369,6 +414,7 @@ impl Download {
                 }
                 if let Some(p) = self.peers.get_mut(&agent) {
                     p.failures = 0;
+                    p.busy_streak = 0;
                     if secs > 0.0 {
                         let rate = bytes as f64 / secs;
                         p.throughput = if p.throughput == 0.0 {
@@ -417,6 +463,10 @@ impl Download {
                         .inflight_bytes
                         .saturating_sub(u64::from(self.pkg.manifest.chunks[c as usize].length));
                 }
+                if !unfinished.is_empty() {
+                    // Chunks back in the pool: any peer may have them.
+                    self.offers_changed();
+                }
                 for c in unfinished {
                     if let Some(who) = self.inflight.get_mut(&c) {
                         who.retain(|w| *w != agent);
@@ -431,7 +481,10 @@ impl Download {
                     p.inflight = p.inflight.saturating_sub(1);
                     if busy {
                         // Out of upload slots: normal under load, not a fault.
-                        p.idle_until = Some(Instant::now() + BUSY_BACKOFF);
+                        let backoff =
+                            (BUSY_BACKOFF * 2u32.pow(p.busy_streak.min(8))).min(BUSY_BACKOFF_MAX);
+                        p.busy_streak += 1;
+                        p.idle_until = Some(Instant::now() + backoff);
                     } else if declined {
                         // Super-seeding at work, not a fault.
                         tracing::debug!(package = %name, peer = %agent, "origin declined chunks it already sent");
@@ -468,24 +521,40 @@ impl Download {
         let n = self.have.len() as usize;
         let max_req = self.ctx.settings.requests_per_peer as usize;
         let now = Instant::now();
+        let declined = self.declined.len();
         self.declined.retain(|_, until| *until > now);
-        let mut order: Vec<String> = self
+        if self.declined.len() != declined {
+            // Only the origin is kept from declined chunks.
+            for p in self.peers.values_mut().filter(|p| p.origin) {
+                p.exhausted = None;
+            }
+        }
+        if self.inflight_bytes >= MAX_INFLIGHT_BYTES {
+            return;
+        }
+        let mut others_busy = self.peers.values().any(|p| !p.origin && p.inflight > 0);
+        let mut order: Vec<(scheduling::PeerRank, String)> = self
             .peers
             .iter()
             .filter(|(_, p)| p.inflight < p.window(max_req))
-            .map(|(id, _)| id.clone())
+            .map(|(id, p)| (p.rank(), id.clone()))
             .collect();
-        order.sort_by(|a, b| scheduling::peer_order(&self.peers[a].rank(), &self.peers[b].rank()));
-        for id in order {
+        order.sort_by(|a, b| scheduling::peer_order(&a.0, &b.0));
+        for (_, id) in order {
             while let Some(peer) = self.peers.get(&id) {
                 if peer.inflight >= peer.window(max_req)
                     || self.inflight_bytes >= MAX_INFLIGHT_BYTES
                 {
                     break;
                 }
-                let endgame = self.have.count() as usize + self.inflight.len() >= n;
-                let others_busy = self.peers.values().any(|p| !p.origin && p.inflight > 0);
-                let unique_only = peer.origin && others_busy;
+                let terms = PickTerms {
+                    endgame: self.have.count() as usize + self.inflight.len() >= n,
+                    unique_only: peer.origin && others_busy,
+                };
+                if peer.exhausted == Some(terms) {
+                    break;
+                }
+                let (endgame, unique_only) = (terms.endgame, terms.unique_only);
                 let no_avoid = HashMap::new();
                 let avoid = if peer.origin {
                     &self.declined
@@ -511,8 +580,12 @@ impl Download {
                     ));
                 }
                 if batch.is_empty() {
+                    if let Some(p) = self.peers.get_mut(&id) {
+                        p.exhausted = Some(terms);
+                    }
                     break;
                 }
+                others_busy |= !peer.origin;
                 self.request(&id, batch);
             }
         }
