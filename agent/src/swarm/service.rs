@@ -29,6 +29,30 @@ const MAX_HAVE_BATCH: usize = 4096;
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
+/// A response stream that holds its upload slot until HTTP/2 has taken
+/// the last frame (or the peer went away). The task reading the chunks
+/// finishes as soon as its frames are queued, well before they are on the
+/// wire; a slot released then bounded nothing, every peer served dozens of
+/// requests at once, each at a sliver of its link, and chunks took many
+/// times their link time to arrive and spread. Bound together with the
+/// receivers' small stream window ([`crate::transport::STREAM_WINDOW`]),
+/// the slot is held until nearly all of the response is delivered.
+struct Permitted<S> {
+    frames: S,
+    _slot: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl<S: Stream + Unpin> Stream for Permitted<S> {
+    type Item = S::Item;
+
+    fn poll_next(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        Pin::new(&mut self.frames).poll_next(cx)
+    }
+}
+
 /// For packages this agent published: for each chunk that went out in
 /// full, until when the origin holds it back. The origin declines a chunk
 /// it sent recently while others have never gone out (super-seeding), so
@@ -325,7 +349,6 @@ impl pb::swarm_server::Swarm for SwarmService {
         let ctx = self.ctx.clone();
         let seeded = self.seeded.clone();
         self.ctx.tasks.spawn(tracing::Instrument::instrument(async move {
-            let _permit = permit;
             for c in r.chunks {
                 let started = std::time::Instant::now();
                 let mut reader = match ctx.store.chunk_reader(&pkg, c, FRAME_BYTES as u32) {
@@ -369,7 +392,10 @@ impl pb::swarm_server::Swarm for SwarmService {
                 Self::mark_sent(&seeded, &pkg, c, started.elapsed());
             }
         }, span));
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(Response::new(Box::pin(Permitted {
+            frames: ReceiverStream::new(rx),
+            _slot: permit,
+        })))
     }
 
     async fn search(

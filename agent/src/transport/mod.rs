@@ -14,12 +14,15 @@ pub mod tls;
 
 use std::time::Duration;
 
-/// HTTP/2 flow-control windows. tonic's 64 KiB defaults cost about a third
-/// of the throughput on a LAN. What a window admits may sit in the
-/// receiver's buffers, so it is also memory per peer: 4/8 MiB keeps the
-/// loopback pair at full speed (8/16 MiB was no faster) and a busy swarm
-/// agent under 64 MiB RSS (65 MiB at 8/16).
-pub const STREAM_WINDOW: u32 = 4 << 20;
+/// HTTP/2 flow-control windows. The stream window bounds what a serving
+/// peer has queued towards us per response (in its buffers, its socket,
+/// the network): small, so that a response whose last frame HTTP/2 took is
+/// nearly delivered and the sender's upload slot means what it says (see
+/// the swarm service). Per-stream throughput is the window over the round
+/// trip: 256 KiB covers a LAN's sub-millisecond RTT many times, and a
+/// queue that a window-limited sender builds itself. The connection window
+/// covers several streams at once.
+pub const STREAM_WINDOW: u32 = 256 << 10;
 pub const CONNECTION_WINDOW: u32 = 8 << 20;
 /// Largest gRPC message accepted: a chunk frame plus headroom.
 pub const MAX_MESSAGE: usize = 4 << 20;
