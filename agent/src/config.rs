@@ -152,7 +152,7 @@ impl Default for FileLimits {
         Self {
             upload_rate: "unlimited".into(),
             download_rate: "unlimited".into(),
-            upload_slots: 4,
+            upload_slots: 8,
             max_concurrent_downloads: 2,
             cache_quota: "0".into(),
         }
@@ -342,7 +342,7 @@ impl AgentConfig {
             limits: Limits {
                 upload_rate: 0,
                 download_rate: 0,
-                upload_slots: 4,
+                upload_slots: 8,
                 max_concurrent_downloads: 2,
                 cache_quota: 0,
             },
@@ -557,7 +557,7 @@ mod tests {
         assert_eq!(c.tls.ca, Path::new("/etc/shoal/ca.pem"));
         assert_eq!(c.socket, Path::new("/var/lib/shoal/agent.sock"));
         assert!(c.mdns);
-        assert_eq!(c.limits.upload_slots, 4);
+        assert_eq!(c.limits.upload_slots, 8);
         assert!(
             c.controller.is_none(),
             "standalone unless a controller is named"

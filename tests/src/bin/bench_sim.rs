@@ -24,7 +24,7 @@ struct Args {
     /// Random peers each host knows besides the seed.
     #[arg(long, default_value_t = 40)]
     neighbours: usize,
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 8)]
     upload_slots: usize,
     #[arg(long, default_value_t = 4)]
     requests_per_peer: usize,

@@ -86,7 +86,7 @@ mod linux {
         #[arg(long, value_enum, default_value = "disk")]
         storage: StorageKind,
         /// Shoal agents' `limits.upload_slots`.
-        #[arg(long, default_value_t = 4)]
+        #[arg(long, default_value_t = 8)]
         upload_slots: u32,
     }
 
