@@ -346,6 +346,13 @@ pub fn run(c: &SimConfig) -> SimResult {
                         }
                         break;
                     }
+                    if origin && !all_sent_once {
+                        // Admitted chunks count as going out at once, as the
+                        // service marks them (no second copy while in flight).
+                        for &ch in &batch {
+                            seed_sent_until[ch as usize].get_or_insert(f64::INFINITY);
+                        }
+                    }
                     let bytes: u64 = batch
                         .iter()
                         .map(|&ch| u64::from(lengths[ch as usize]))

@@ -148,10 +148,10 @@ async fn malformed_requests_get_clear_statuses() {
 
     let watch = c
         .watch_availability(pb::WatchAvailabilityRequest {
-            content_id: vec![9; 32].into(),
+            content_id: vec![9; 3].into(),
         })
         .await;
-    assert_eq!(watch.expect_err("unknown").code(), Code::NotFound);
+    assert_eq!(watch.expect_err("short id").code(), Code::InvalidArgument);
 
     let fetch = |chunks: Vec<u32>| pb::FetchChunksRequest {
         content_id: cid.clone(),
@@ -178,10 +178,25 @@ async fn malformed_requests_get_clear_statuses() {
         "{code_:?} {msg}"
     );
 
-    // An agent that knows the package but holds none of it yet.
+    // An agent that knows the package but holds none of it yet. A watch
+    // that comes before its download starts waits for it, then gets the
+    // (empty) snapshot.
     let empty = Agent::start(pki.config("empty", &work.path().join("empty")))
         .await
         .expect("agent");
+    let mut e = raw_client(
+        &pki.agent_tls("probe2", &["lab"]),
+        &empty.listen_addr().to_string(),
+    )
+    .await
+    .expect("connects");
+    let mut early = e
+        .watch_availability(pb::WatchAvailabilityRequest {
+            content_id: cid.clone(),
+        })
+        .await
+        .expect("a watch of a package not held yet waits")
+        .into_inner();
     let verified = signed.verify(&empty.context().trusted()).expect("verify");
     empty
         .context()
@@ -189,12 +204,18 @@ async fn malformed_requests_get_clear_statuses() {
         .add_download(&verified, 0, false)
         .await
         .expect("admit");
-    let mut e = raw_client(
-        &pki.agent_tls("probe2", &["lab"]),
-        &empty.listen_addr().to_string(),
-    )
-    .await
-    .expect("connects");
+    let first = tokio::time::timeout(Duration::from_secs(20), early.message())
+        .await
+        .expect("the waiting watch answers once the download starts")
+        .expect("stream")
+        .expect("a message");
+    match first.update {
+        Some(pb::availability_update::Update::Snapshot(b)) => {
+            assert_eq!(b.chunk_count as usize, verified.manifest.chunks.len());
+            assert!(b.bits.iter().all(|&x| x == 0), "holds nothing yet");
+        }
+        other => panic!("expected a snapshot, got {other:?}"),
+    }
     let (code_, msg) = status(e.fetch_chunks(fetch(vec![0])).await);
     assert_eq!(code_, Code::FailedPrecondition, "{msg}");
     assert!(msg.contains("not held"), "{msg}");

@@ -18,7 +18,7 @@ mod state;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use shoal_proto::signing::VerifiedManifest;
@@ -207,6 +207,8 @@ pub struct Store {
     direct_io: std::sync::atomic::AtomicBool,
     /// Serialises admission (quota accounting and eviction).
     admit: tokio::sync::Mutex<()>,
+    /// Bumped whenever a package is admitted, for [`Store::wait_for`].
+    admitted: tokio::sync::watch::Sender<u64>,
 }
 
 impl Store {
@@ -228,6 +230,7 @@ impl Store {
             quota: quota.into(),
             direct_io: true.into(),
             admit: tokio::sync::Mutex::new(()),
+            admitted: tokio::sync::watch::Sender::new(0),
         });
         for (id, record, manifest_bytes, have_bytes) in loaded {
             match store.restore(id, record, manifest_bytes, have_bytes).await {
@@ -328,6 +331,7 @@ impl Store {
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .insert(id, pkg.clone());
+        self.admitted.send_modify(|n| *n = n.wrapping_add(1));
         pkg
     }
 
@@ -372,6 +376,28 @@ impl Store {
             .unwrap_or_else(|p| p.into_inner())
             .get(id)
             .cloned()
+    }
+
+    /// The package once this agent holds it, or starts to download it,
+    /// within `limit`. Peers that start the same download a moment apart
+    /// ask each other before they have begun; waiting here answers them the
+    /// moment there is something, where a refusal had them retry seconds
+    /// later.
+    pub async fn wait_for(&self, id: &ContentId, limit: Duration) -> Option<Arc<Package>> {
+        // Subscribed before the lookup, so an admission between the two
+        // still wakes us.
+        let mut admitted = self.admitted.subscribe();
+        tokio::time::timeout(limit, async {
+            loop {
+                if let Some(p) = self.get(id) {
+                    return Some(p);
+                }
+                admitted.changed().await.ok()?;
+            }
+        })
+        .await
+        .ok()
+        .flatten()
     }
 
     /// Looks up `name@version` or a content id in hex.

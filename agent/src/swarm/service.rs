@@ -28,6 +28,10 @@ pub const FRAME_BYTES: usize = 512 << 10;
 const FRAME_QUEUE: usize = 1;
 /// Have-updates batched into one message at most.
 const MAX_HAVE_BATCH: usize = 4096;
+/// How long a watch of a package this agent does not hold waits for it to
+/// start downloading here before answering "not held"; the watcher then
+/// retries on its own back-off.
+const PENDING_WATCH: std::time::Duration = std::time::Duration::from_secs(30);
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
@@ -71,6 +75,36 @@ pub const SUPERSEED_WINDOW: std::time::Duration = std::time::Duration::from_secs
 /// 30 agents on 30 Mbit/s links).
 pub const SUPERSEED_SEND_TIMES: u32 = 4;
 
+/// How long an admitted chunk counts as going out before it is sent: the
+/// request's own end (sent, or released by [`Outgoing`]) normally comes
+/// first; this only bounds a hold whose request vanished without either.
+const GOING_OUT: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// Chunks the origin admitted to one request. Dropped with the request's
+/// serving task; chunks it did not send (still marked with `mark`) may go
+/// out to the next peer that asks.
+struct Outgoing {
+    seeded: Arc<std::sync::Mutex<Seeded>>,
+    id: ContentId,
+    mark: std::time::Instant,
+    chunks: Vec<u32>,
+}
+
+impl Drop for Outgoing {
+    fn drop(&mut self) {
+        let mut seeded = self.seeded.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(sent) = seeded.get_mut(&self.id) {
+            for &c in &self.chunks {
+                if let Some(slot) = sent.get_mut(c as usize)
+                    && *slot == Some(self.mark)
+                {
+                    *slot = None;
+                }
+            }
+        }
+    }
+}
+
 /// Serves this agent's packages to its peers.
 #[derive(Debug, Clone)]
 pub struct SwarmService {
@@ -86,26 +120,45 @@ impl SwarmService {
         }
     }
 
-    /// As origin: may these chunks go out now? Not when one of them went
-    /// out within [`SUPERSEED_WINDOW`] while some chunk never has.
-    fn origin_allows(&self, pkg: &Package, chunks: &[u32]) -> bool {
+    /// As origin: may these chunks go out now? Not when one of them is
+    /// going out, or went out within [`SUPERSEED_WINDOW`], while some chunk
+    /// never has (`Err`). When they may, they are marked as going out in
+    /// the same step, until sent: two peers asking for the same unsent
+    /// chunk at once would otherwise both get it, and in a 30-host swarm
+    /// most of the origin's duplicate uploads were exactly that. The guard
+    /// releases the chunks a request ends without sending.
+    fn origin_admits(&self, pkg: &Package, chunks: &[u32]) -> Result<Option<Outgoing>, ()> {
         if pkg.record().external_root.is_none() {
-            return true;
+            return Ok(None);
         }
-        let seeded = self.seeded.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(sent) = seeded.get(&pkg.id) else {
-            return true;
-        };
+        let mut seeded = self.seeded.lock().unwrap_or_else(|p| p.into_inner());
+        let n = pkg.manifest.chunks.len();
+        let sent = seeded.entry(pkg.id).or_insert_with(|| vec![None; n]);
         if sent.iter().all(Option::is_some) {
-            return true;
+            return Ok(None);
         }
         let now = std::time::Instant::now();
-        !chunks.iter().any(|&c| {
+        let held = chunks.iter().any(|&c| {
             sent.get(c as usize)
                 .copied()
                 .flatten()
                 .is_some_and(|until| until > now)
-        })
+        });
+        if held {
+            return Err(());
+        }
+        let mark = now + GOING_OUT;
+        for &c in chunks {
+            if let Some(slot) = sent.get_mut(c as usize) {
+                *slot = Some(mark);
+            }
+        }
+        Ok(Some(Outgoing {
+            seeded: self.seeded.clone(),
+            id: pkg.id,
+            mark,
+            chunks: chunks.to_vec(),
+        }))
     }
 
     pub fn into_server(self) -> pb::swarm_server::SwarmServer<Self> {
@@ -160,24 +213,78 @@ impl SwarmService {
     }
 
     fn allowed(&self, caller: &Identity, pkg: &Package) -> Result<(), Status> {
-        self.ctx.access.check(&pkg.id, caller).map_err(|e| {
-            tracing::warn!(peer = %caller.agent_id, package = %pkg.name_version(), "refused: {e}");
-            match e {
-                super::access::AccessError::Withdrawn(_) => Status::not_found(e.to_string()),
-                super::access::AccessError::Restricted { .. } => {
-                    Status::permission_denied(e.to_string())
-                }
-            }
-        })
+        check_access(&self.ctx, caller, pkg)
     }
 
     fn package(&self, content_id: &[u8]) -> Result<Arc<Package>, Status> {
-        let id = ContentId::from_slice(content_id)
-            .ok_or_else(|| Status::invalid_argument("content_id must be 32 bytes"))?;
-        self.ctx
-            .store
-            .get(&id)
-            .ok_or_else(|| Status::not_found(format!("package {id} is not held by this agent")))
+        let id = self::content_id(content_id)?;
+        self.ctx.store.get(&id).ok_or_else(|| not_held(&id))
+    }
+}
+
+fn content_id(bytes: &[u8]) -> Result<ContentId, Status> {
+    ContentId::from_slice(bytes)
+        .ok_or_else(|| Status::invalid_argument("content_id must be 32 bytes"))
+}
+
+fn not_held(id: &ContentId) -> Status {
+    Status::not_found(format!("package {id} is not held by this agent"))
+}
+
+/// Whether `caller` may have `pkg` (see [`super::access`]).
+fn check_access(ctx: &SwarmContext, caller: &Identity, pkg: &Package) -> Result<(), Status> {
+    ctx.access.check(&pkg.id, caller).map_err(|e| {
+        tracing::warn!(peer = %caller.agent_id, package = %pkg.name_version(), "refused: {e}");
+        match e {
+            super::access::AccessError::Withdrawn(_) => Status::not_found(e.to_string()),
+            super::access::AccessError::Restricted { .. } => {
+                Status::permission_denied(e.to_string())
+            }
+        }
+    })
+}
+
+/// Streams `pkg`'s availability to one watcher: a snapshot, then the
+/// chunks it gains, until it is complete, the watcher leaves or the agent
+/// stops.
+async fn watch_have(
+    ctx: &SwarmContext,
+    pkg: &Package,
+    tx: &mpsc::Sender<Result<pb::AvailabilityUpdate, Status>>,
+) {
+    // Subscribe before the snapshot so no update falls between them.
+    let mut updates = pkg.subscribe_have();
+    if tx.send(Ok(snapshot(pkg))).await.is_err() || pkg.have().is_complete() {
+        return;
+    }
+    loop {
+        let first = tokio::select! {
+            _ = ctx.cancel.cancelled() => return,
+            _ = tx.closed() => return,
+            u = updates.recv() => u,
+        };
+        let msg = match first {
+            Ok(c) => {
+                let mut chunks = vec![c];
+                while chunks.len() < MAX_HAVE_BATCH {
+                    match updates.try_recv() {
+                        Ok(c) => chunks.push(c),
+                        Err(_) => break,
+                    }
+                }
+                pb::AvailabilityUpdate {
+                    update: Some(pb::availability_update::Update::Have(pb::HaveChunks {
+                        chunks,
+                    })),
+                }
+            }
+            // Fell behind: a fresh snapshot says it all.
+            Err(broadcast::error::RecvError::Lagged(_)) => snapshot(pkg),
+            Err(broadcast::error::RecvError::Closed) => return,
+        };
+        if tx.send(Ok(msg)).await.is_err() || pkg.have().is_complete() {
+            return;
+        }
     }
 }
 
@@ -237,45 +344,37 @@ impl pb::swarm_server::Swarm for SwarmService {
         req: Request<pb::WatchAvailabilityRequest>,
     ) -> Result<Response<Self::WatchAvailabilityStream>, Status> {
         let caller = self.caller(&req)?;
-        let pkg = self.package_for(&caller, &req.get_ref().content_id)?;
-        // Subscribe before the snapshot so no update falls between them.
-        let mut updates = pkg.subscribe_have();
-        let first = snapshot(&pkg);
+        let id = content_id(&req.get_ref().content_id)?;
+        // A package not held yet is waited for: peers that start the same
+        // download a moment apart ask each other before they have begun.
+        let held = self.ctx.store.get(&id);
+        if let Some(pkg) = &held {
+            self.allowed(&caller, pkg)?;
+        }
+        let ctx = self.ctx.clone();
         let (tx, rx) = mpsc::channel(8);
-        let cancel = self.ctx.cancel.clone();
         self.ctx.tasks.spawn(async move {
-            if tx.send(Ok(first)).await.is_err() || pkg.have().is_complete() {
-                return;
-            }
-            loop {
-                let first = tokio::select! {
-                    _ = cancel.cancelled() => return,
-                    _ = tx.closed() => return,
-                    u = updates.recv() => u,
-                };
-                let msg = match first {
-                    Ok(c) => {
-                        let mut chunks = vec![c];
-                        while chunks.len() < MAX_HAVE_BATCH {
-                            match updates.try_recv() {
-                                Ok(c) => chunks.push(c),
-                                Err(_) => break,
-                            }
-                        }
-                        pb::AvailabilityUpdate {
-                            update: Some(pb::availability_update::Update::Have(pb::HaveChunks {
-                                chunks,
-                            })),
+            let pkg = match held {
+                Some(p) => p,
+                None => {
+                    let found = tokio::select! {
+                        _ = ctx.cancel.cancelled() => return,
+                        _ = tx.closed() => return,
+                        p = ctx.store.wait_for(&id, PENDING_WATCH) => p,
+                    };
+                    let checked = found
+                        .ok_or_else(|| not_held(&id))
+                        .and_then(|p| check_access(&ctx, &caller, &p).map(|()| p));
+                    match checked {
+                        Ok(p) => p,
+                        Err(status) => {
+                            let _ = tx.send(Err(status)).await;
+                            return;
                         }
                     }
-                    // Fell behind: a fresh snapshot says it all.
-                    Err(broadcast::error::RecvError::Lagged(_)) => snapshot(&pkg),
-                    Err(broadcast::error::RecvError::Closed) => return,
-                };
-                if tx.send(Ok(msg)).await.is_err() || pkg.have().is_complete() {
-                    return;
                 }
-            }
+            };
+            watch_have(&ctx, &pkg, &tx).await;
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
@@ -341,16 +440,17 @@ impl pb::swarm_server::Swarm for SwarmService {
                     self.ctx.upload_slot_count
                 ))
             })?;
-        if !self.origin_allows(&pkg, &r.chunks) {
+        let Ok(outgoing) = self.origin_admits(&pkg, &r.chunks) else {
             return Err(Status::aborted(
                 "the origin has sent these chunks to other peers already; fetch them from the swarm",
             ));
-        }
+        };
         self.ctx.store.touch(&pkg);
         let (tx, rx) = mpsc::channel(FRAME_QUEUE);
         let ctx = self.ctx.clone();
         let seeded = self.seeded.clone();
         self.ctx.tasks.spawn(tracing::Instrument::instrument(async move {
+            let _outgoing = outgoing;
             for c in r.chunks {
                 let started = std::time::Instant::now();
                 let mut reader = match ctx.store.chunk_reader(&pkg, c, FRAME_BYTES as u32) {
