@@ -208,12 +208,8 @@ impl SwarmService {
     /// The package, if `caller` may have it (see [`super::access`]).
     fn package_for(&self, caller: &Identity, content_id: &[u8]) -> Result<Arc<Package>, Status> {
         let pkg = self.package(content_id)?;
-        self.allowed(caller, &pkg)?;
+        check_access(&self.ctx, caller, &pkg)?;
         Ok(pkg)
-    }
-
-    fn allowed(&self, caller: &Identity, pkg: &Package) -> Result<(), Status> {
-        check_access(&self.ctx, caller, pkg)
     }
 
     fn package(&self, content_id: &[u8]) -> Result<Arc<Package>, Status> {
@@ -329,7 +325,7 @@ impl pb::swarm_server::Swarm for SwarmService {
             }
             pb::package_ref::Ref::ContentId(id) => self.package(&id)?,
         };
-        self.allowed(&caller, &pkg)?;
+        check_access(&self.ctx, &caller, &pkg)?;
         Ok(Response::new(pb::GetManifestResponse {
             content_id: bytes::Bytes::copy_from_slice(pkg.id.as_bytes()),
             manifest: Some(pkg.signed.to_pb()),
@@ -349,7 +345,7 @@ impl pb::swarm_server::Swarm for SwarmService {
         // download a moment apart ask each other before they have begun.
         let held = self.ctx.store.get(&id);
         if let Some(pkg) = &held {
-            self.allowed(&caller, pkg)?;
+            check_access(&self.ctx, &caller, pkg)?;
         }
         let ctx = self.ctx.clone();
         let (tx, rx) = mpsc::channel(8);
