@@ -157,7 +157,7 @@ impl Agent {
         let swarm = Server::builder()
             .initial_stream_window_size(Some(transport::STREAM_WINDOW))
             .initial_connection_window_size(Some(transport::CONNECTION_WINDOW))
-            .max_frame_size(Some(1 << 20))
+            .max_frame_size(Some(transport::MAX_FRAME))
             .http2_keepalive_interval(Some(transport::KEEPALIVE_INTERVAL))
             .http2_keepalive_timeout(Some(transport::KEEPALIVE_TIMEOUT))
             .add_service(SwarmService::new(ctx.clone()).into_server())

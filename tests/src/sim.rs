@@ -18,7 +18,8 @@ use std::time::{Duration, Instant};
 use shoal_agent::store::Bitfield;
 use shoal_agent::swarm::picker::Picker;
 use shoal_agent::swarm::scheduling::{
-    self, BATCH_BYTES, BATCH_CHUNKS, BUSY_BACKOFF, MAX_INFLIGHT_BYTES, PeerRank,
+    self, BATCH_BYTES, BATCH_CHUNKS, BUSY_BACKOFF, MAX_INFLIGHT_BYTES, MAX_INFLIGHT_REQUESTS,
+    PeerRank,
 };
 use shoal_agent::swarm::service::{SUPERSEED_SEND_TIMES, SUPERSEED_WINDOW};
 
@@ -284,8 +285,12 @@ pub fn run(c: &SimConfig) -> SimResult {
             };
             order
                 .sort_by(|&a, &b| scheduling::peer_order(&rank(&hosts[i], a), &rank(&hosts[i], b)));
+            let mut requests: usize = hosts[i].links.iter().map(|k| k.inflight).sum();
             for l in order {
                 loop {
+                    if requests >= MAX_INFLIGHT_REQUESTS {
+                        break;
+                    }
                     let (to, key) = (hosts[i].links[l].to, hosts[i].links[l].key.clone());
                     let link = &hosts[i].links[l];
                     let window = scheduling::window(
@@ -363,6 +368,7 @@ pub fn run(c: &SimConfig) -> SimResult {
                     }
                     h.inflight_bytes += bytes;
                     h.links[l].inflight += 1;
+                    requests += 1;
                     h.down += 1;
                     hosts[to].up += 1;
                     let first = f64::from(lengths[batch[0] as usize]);

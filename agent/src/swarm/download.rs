@@ -23,7 +23,9 @@ use tokio_util::sync::CancellationToken;
 use super::SwarmContext;
 use super::picker::Picker;
 use super::pool::PeerConn;
-use super::scheduling::{self, BATCH_BYTES, BATCH_CHUNKS, BUSY_BACKOFF, MAX_INFLIGHT_BYTES};
+use super::scheduling::{
+    self, BATCH_BYTES, BATCH_CHUNKS, BUSY_BACKOFF, MAX_INFLIGHT_BYTES, MAX_INFLIGHT_REQUESTS,
+};
 use crate::discovery::{PeerEntry, PeerKey};
 use crate::store::{Bitfield, ChunkOutcome, ChunkWriter, Package, StoreError};
 
@@ -485,6 +487,7 @@ impl Download {
                             (BUSY_BACKOFF * 2u32.pow(p.busy_streak.min(8))).min(BUSY_BACKOFF_MAX);
                         p.busy_streak += 1;
                         p.idle_until = Some(Instant::now() + backoff);
+                        tracing::debug!(package = %name, peer = %agent, ?backoff, "peer busy");
                     } else if declined {
                         // Super-seeding at work, not a fault.
                         tracing::debug!(package = %name, peer = %agent, "origin declined chunks it already sent");
@@ -532,6 +535,10 @@ impl Download {
         if self.inflight_bytes >= MAX_INFLIGHT_BYTES {
             return;
         }
+        let mut requests: usize = self.peers.values().map(|p| p.inflight).sum();
+        if requests >= MAX_INFLIGHT_REQUESTS {
+            return;
+        }
         let mut others_busy = self.peers.values().any(|p| !p.origin && p.inflight > 0);
         let mut order: Vec<(scheduling::PeerRank, String)> = self
             .peers
@@ -544,6 +551,7 @@ impl Download {
             while let Some(peer) = self.peers.get(&id) {
                 if peer.inflight >= peer.window(max_req)
                     || self.inflight_bytes >= MAX_INFLIGHT_BYTES
+                    || requests >= MAX_INFLIGHT_REQUESTS
                 {
                     break;
                 }
@@ -586,6 +594,7 @@ impl Download {
                     break;
                 }
                 others_busy |= !peer.origin;
+                requests += 1;
                 self.request(&id, batch);
             }
         }
@@ -601,6 +610,7 @@ impl Download {
             self.inflight_bytes += u64::from(self.pkg.manifest.chunks[c as usize].length);
         }
         self.requests += 1;
+        tracing::trace!(package = %self.pkg.name_version(), peer = %agent, chunks = chunks.len(), "requesting chunks");
         let every = u64::from(self.ctx.settings.chunk_trace_every);
         let span = if every > 0 && self.requests % every == 1 % every {
             tracing::info_span!(parent: &self.span, "chunk.fetch", peer = %agent, chunks = chunks.len())

@@ -28,6 +28,13 @@ pub const BUSY_BACKOFF: Duration = Duration::from_millis(300);
 /// after the first (1 GiB); with 32 MiB, 8 s, and 1.06 seed copies
 /// instead of 1.15.
 pub const MAX_INFLIGHT_BYTES: u64 = 32 << 20;
+/// Requests in flight per download, across all peers. With small files a
+/// request carries a few small chunks, so [`MAX_INFLIGHT_BYTES`] alone let
+/// a download hold dozens of requests: in a 30-host course run (1,250
+/// files) 64 % of all requests found the peer's upload slots full and came
+/// back "busy", each a wasted round trip on both ends. 31 agents with 8
+/// slots each have about 8 slots per downloader.
+pub const MAX_INFLIGHT_REQUESTS: usize = 12;
 
 /// Requests a peer may have in flight: none while it is backing off, one
 /// until it has shown its speed, then enough to cover

@@ -24,6 +24,11 @@ use std::time::Duration;
 /// covers several streams at once.
 pub const STREAM_WINDOW: u32 = 256 << 10;
 pub const CONNECTION_WINDOW: u32 = 8 << 20;
+/// Largest HTTP/2 frame either side accepts. HTTP/2's 16 KiB default made
+/// the sender write every 16 KiB DATA frame as its own TLS record and
+/// `writev`; with frames up to the stream window one write carries a
+/// window's worth of records.
+pub const MAX_FRAME: u32 = 1 << 20;
 /// Largest gRPC message accepted: a chunk frame plus headroom.
 pub const MAX_MESSAGE: usize = 4 << 20;
 /// A TLS handshake that takes longer than this is dropped, so a slow or
