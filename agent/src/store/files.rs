@@ -104,13 +104,15 @@ pub fn read_chunk(path: &Path, offset: u64, len: u32) -> io::Result<Vec<u8>> {
     Ok(buf)
 }
 
-/// Makes a finished package durable and read-only: fsyncs every file,
-/// applies modes without write bits, creates symlinks.
+/// Makes a finished package durable and read-only: applies modes without
+/// write bits, creates symlinks, then makes all of it durable at once.
 pub fn finalize(root: &Path, manifest: &Manifest) -> io::Result<()> {
     for f in &manifest.files {
         let path = root.join(&f.path);
         match &f.kind {
             EntryKind::File { .. } => {
+                // Elsewhere, one fsync per file; Linux syncs once below.
+                #[cfg(not(target_os = "linux"))]
                 File::open(&path)?.sync_all()?;
                 set_mode(&path, f.mode & !0o222)?;
             }
@@ -131,6 +133,22 @@ pub fn finalize(root: &Path, manifest: &Manifest) -> io::Result<()> {
             set_mode(&root.join(&f.path), f.mode & !0o222)?;
         }
     }
+    #[cfg(target_os = "linux")]
+    sync_filesystem(root)?;
+    Ok(())
+}
+
+/// Flushes the whole filesystem holding `path` (data and metadata) and
+/// waits for it. One fsync per file made a 5,000-file package wait for
+/// 5,000 journal commits and cache flushes in turn; `syncfs` costs one,
+/// whatever the file count (ostree syncs its repository the same way).
+/// Measured with 30 hosts sharing one disk: 1,250 files 50.5 -> 41.7 s,
+/// 5,000 files 160.6 -> 154.4 s. It also writes back whatever else is
+/// dirty on that filesystem, which the kernel would write soon anyway.
+#[cfg(target_os = "linux")]
+fn sync_filesystem(path: &Path) -> io::Result<()> {
+    let dir = File::open(path)?;
+    rustix::fs::syncfs(&dir)?;
     Ok(())
 }
 
