@@ -1,7 +1,8 @@
 //! Streaming chunk I/O in the store: a chunk is written in place under an
 //! exclusive claim and held only once the whole of it matches its hash; a
 //! chunk rotted on disk is never served whole and drops out of the
-//! bitfield.
+//! bitfield; chunks a restarted store finds in its bitfield are held as
+//! claimed until their re-verification drops the bad ones.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -183,4 +184,50 @@ async fn a_chunk_rotted_on_disk_is_not_served_whole_and_is_dropped() {
         store.chunk_reader(&pkg, 1, 1 << 20),
         Err(StoreError::NotHeld { chunk: 1 })
     ));
+}
+
+#[tokio::test]
+async fn chunks_claimed_at_restart_are_held_until_reverified_and_dropped_if_bad() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let (store, pkg, bytes) = setup(work.path()).await;
+    for c in 0..3 {
+        assert!(
+            store
+                .write_chunk(&pkg, c, piece(&bytes, c as usize, 0, CHUNK))
+                .await
+                .expect("write")
+        );
+    }
+    store.save_dirty().expect("save");
+    let file = pkg.root().join("data.bin");
+    drop(pkg);
+    drop(store);
+
+    // What a crash leaves: the bitfield says chunk 2 is held, the disk
+    // disagrees.
+    flip_byte(&file, (2 * CHUNK + 7) as u64);
+    let store = Store::open(&work.path().join("data"), 0)
+        .await
+        .expect("reopen");
+    let pkg = store.list().into_iter().next().expect("restored");
+    assert_eq!(pkg.have().count(), 3, "claimed chunks are held at start-up");
+    assert!(pkg.has_unverified());
+    assert!(
+        matches!(store.complete(&pkg).await, Err(StoreError::Internal(_))),
+        "not completable before re-verification"
+    );
+
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let dropped = store.verify_restored(&pkg, &cancel).await.expect("verify");
+    assert_eq!(dropped, vec![2]);
+    assert!(!pkg.has_unverified());
+    assert!(pkg.has_chunk(0) && pkg.has_chunk(1) && !pkg.has_chunk(2));
+    // A second pass has nothing left to do.
+    assert!(
+        store
+            .verify_restored(&pkg, &cancel)
+            .await
+            .expect("again")
+            .is_empty()
+    );
 }

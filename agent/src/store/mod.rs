@@ -119,6 +119,11 @@ pub struct Package {
     claim_released: tokio::sync::Notify,
     have_tx: broadcast::Sender<u32>,
     record: Mutex<PackageRecord>,
+    /// Chunks the bitfield claimed at start-up, not hashed since: a crash
+    /// may have recorded a chunk whose bytes never reached the disk. The
+    /// download re-verifies them ([`Store::verify_restored`]) while it
+    /// fetches the rest; serving re-hashes every chunk anyway.
+    unverified: Mutex<Vec<u32>>,
 }
 
 impl Package {
@@ -128,6 +133,15 @@ impl Package {
 
     pub fn has_chunk(&self, i: u32) -> bool {
         self.lock_have().get(i)
+    }
+
+    /// Whether chunks claimed at start-up still wait for re-verification.
+    pub fn has_unverified(&self) -> bool {
+        !self
+            .unverified
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_empty()
     }
 
     /// Subscribes to chunks verified from now on.
@@ -212,7 +226,10 @@ pub struct Store {
 
 impl Store {
     /// Opens (or creates) the store under `data_dir` and loads what it
-    /// holds, re-verifying every chunk recorded for unfinished packages.
+    /// holds. Chunks recorded for unfinished packages are held as claimed
+    /// and re-verified when their download resumes, not here: hashing
+    /// hundreds of MiB before the agent answers kept a restarted agent
+    /// silent for over 30 s on a busy host.
     pub async fn open(data_dir: &Path, quota: u64) -> Result<Arc<Self>, StoreError> {
         let dir = data_dir.to_owned();
         let (db, loaded) = blocking(move || {
@@ -266,38 +283,18 @@ impl Store {
             Some(p) => (p.clone(), p.is_file()),
             None => (self.content_dir(&id), false),
         };
-        let mut have = match record.state {
+        let have = match record.state {
             PackageState::Complete => Bitfield::full(n),
             _ => Bitfield::from_bytes(n, &have_bytes).unwrap_or_else(|| Bitfield::new(n)),
         };
-        if record.state != PackageState::Complete && have.count() > 0 {
-            // Trust nothing not verified: re-hash what the bitfield claims.
-            let m = manifest.clone();
-            let r = root.clone();
-            let claimed: Vec<u32> = have.iter_set().collect();
-            let bad = blocking(move || {
-                let mut bad = Vec::new();
-                for i in claimed {
-                    let c = &m.chunks[i as usize];
-                    let path = files::entry_path(&r, root_is_file, &m, c.file as usize);
-                    match files::read_chunk(&path, c.offset, c.length) {
-                        Ok(data) if blake3::hash(&data) == c.hash => {}
-                        _ => bad.push(i),
-                    }
-                }
-                Ok(bad)
-            })
-            .await?;
-            if !bad.is_empty() {
-                tracing::warn!(content_id = %id, chunks = bad.len(), "chunks recorded as held failed re-verification; they will be fetched again");
-            }
-            for i in bad {
-                have.clear(i);
-            }
-            self.db.put_have(&id, have.as_bytes())?;
-        }
+        let unverified: Vec<u32> = if record.state == PackageState::Complete {
+            Vec::new()
+        } else {
+            have.iter_set().collect()
+        };
         tracing::info!(package = %manifest.name_version(), state = ?record.state, held = have.count(), of = n, "restored package");
-        self.insert(id, manifest, signed, root, root_is_file, have, record);
+        let pkg = self.insert(id, manifest, signed, root, root_is_file, have, record);
+        *pkg.unverified.lock().unwrap_or_else(|p| p.into_inner()) = unverified;
         Ok(())
     }
 
@@ -325,6 +322,7 @@ impl Store {
             claim_released: tokio::sync::Notify::new(),
             have_tx: broadcast::channel(HAVE_BACKLOG).0,
             record: Mutex::new(record),
+            unverified: Mutex::default(),
         });
         self.packages
             .write()
@@ -654,6 +652,56 @@ impl Store {
         Ok(true)
     }
 
+    /// Re-hashes the chunks `pkg` held as claimed at start-up and drops
+    /// those that fail from its bitfield (they will be fetched again).
+    /// Returns the dropped chunks. Stops early, keeping the rest claimed
+    /// for next time, when `cancel` fires.
+    pub async fn verify_restored(
+        &self,
+        pkg: &Arc<Package>,
+        cancel: &tokio_util::sync::CancellationToken,
+    ) -> Result<Vec<u32>, StoreError> {
+        let claimed =
+            std::mem::take(&mut *pkg.unverified.lock().unwrap_or_else(|p| p.into_inner()));
+        if claimed.is_empty() {
+            return Ok(Vec::new());
+        }
+        let started = std::time::Instant::now();
+        let (p, stop) = (pkg.clone(), cancel.clone());
+        let (bad, left) = blocking(move || {
+            let mut bad = Vec::new();
+            for (k, &i) in claimed.iter().enumerate() {
+                if stop.is_cancelled() {
+                    return Ok((bad, claimed[k..].to_vec()));
+                }
+                let c = &p.manifest.chunks[i as usize];
+                let path = files::entry_path(&p.root, p.root_is_file, &p.manifest, c.file as usize);
+                match files::read_chunk(&path, c.offset, c.length) {
+                    Ok(data) if blake3::hash(&data) == c.hash => {}
+                    _ => bad.push(i),
+                }
+            }
+            Ok((bad, Vec::new()))
+        })
+        .await?;
+        if !left.is_empty() {
+            pkg.unverified
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .extend(left);
+        }
+        if !bad.is_empty() {
+            tracing::warn!(package = %pkg.name_version(), chunks = bad.len(), "chunks recorded as held failed re-verification; they will be fetched again");
+            let mut have = pkg.lock_have();
+            for &i in &bad {
+                have.clear(i);
+            }
+            self.db.put_have(&pkg.id, have.as_bytes())?;
+        }
+        tracing::debug!(package = %pkg.name_version(), secs = started.elapsed().as_secs_f64(), dropped = bad.len(), "re-verified restored chunks");
+        Ok(bad)
+    }
+
     /// Saves every bitfield with unsaved chunks. The agent calls this every
     /// [`HAVE_SAVE_INTERVAL`] and at shutdown.
     pub fn save_dirty(&self) -> Result<(), StoreError> {
@@ -691,9 +739,9 @@ impl Store {
 
     /// Finishes a download: fsync, read-only modes, symlinks, stable path.
     pub async fn complete(&self, pkg: &Arc<Package>) -> Result<PathBuf, StoreError> {
-        if !pkg.lock_have().is_complete() {
+        if !pkg.lock_have().is_complete() || pkg.has_unverified() {
             return Err(StoreError::Internal(
-                "complete() before every chunk is held".into(),
+                "complete() before every chunk is held and verified".into(),
             ));
         }
         let root = pkg.root.clone();

@@ -96,6 +96,11 @@ enum Msg {
         declined: bool,
     },
     StoreFailed(StoreError),
+    /// Chunks claimed at start-up were re-hashed; these failed and are no
+    /// longer held.
+    Reverified {
+        dropped: Vec<u32>,
+    },
 }
 
 struct Peer {
@@ -171,6 +176,8 @@ struct Download {
     /// The download's span; sampled chunk requests get a child of it.
     span: tracing::Span,
     requests: u64,
+    /// Chunks claimed at start-up are being re-verified: not complete yet.
+    reverifying: bool,
 }
 
 /// Runs the download of `pkg` to completion. Returns the stable path.
@@ -210,12 +217,14 @@ pub async fn run(
         samples: VecDeque::new(),
         span: tracing::Span::current(),
         requests: 0,
+        reverifying: false,
     };
+    d.start_reverify(&cancel);
     let mut table = ctx.peers.subscribe();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     d.dial_new_peers();
     loop {
-        if d.have.is_complete() {
+        if d.have.is_complete() && !d.reverifying {
             d.publish_progress();
             let path = ctx.store.complete(&d.pkg).await?;
             return Ok(path);
@@ -260,6 +269,29 @@ pub async fn run(
 impl Download {
     fn name(&self) -> String {
         self.pkg.name_version()
+    }
+
+    /// Re-hashes what the bitfield claimed at start-up alongside the
+    /// fetching of the rest (the claimed chunks are not asked for; those
+    /// that fail come back as missing).
+    fn start_reverify(&mut self, cancel: &CancellationToken) {
+        if !self.pkg.has_unverified() {
+            return;
+        }
+        self.reverifying = true;
+        let (ctx, pkg, tx, cancel) = (
+            self.ctx.clone(),
+            self.pkg.clone(),
+            self.tx.clone(),
+            cancel.clone(),
+        );
+        self.tasks.spawn(async move {
+            let msg = match ctx.store.verify_restored(&pkg, &cancel).await {
+                Ok(dropped) => Msg::Reverified { dropped },
+                Err(e) => Msg::StoreFailed(e),
+            };
+            let _ = tx.send(msg).await;
+        });
     }
 
     /// Starts a watch on every known peer we are not already talking to.
@@ -512,6 +544,18 @@ impl Download {
                     .store_errors
                     .fetch_add(1, Ordering::Relaxed);
                 return Err(e);
+            }
+            Msg::Reverified { dropped } => {
+                self.reverifying = false;
+                for c in dropped {
+                    if self.have.clear(c) {
+                        self.bytes_done = self
+                            .bytes_done
+                            .saturating_sub(u64::from(self.pkg.manifest.chunks[c as usize].length));
+                    }
+                }
+                self.picker.held_changed();
+                self.offers_changed();
             }
         }
         Ok(())

@@ -76,6 +76,12 @@ impl Picker {
         }
     }
 
+    /// Chunks we hold were dropped (they failed re-verification): the
+    /// order, which leaves held chunks out, must be rebuilt.
+    pub fn held_changed(&mut self) {
+        self.dirty = true;
+    }
+
     fn reorder(&mut self, have: &Bitfield, now: Instant) {
         let due = self
             .built
