@@ -1,6 +1,6 @@
 //! The agent: wiring every part together, and taking it down in order.
 //!
-//! Start-up: identity and TLS → store (resumes and re-verifies) → swarm
+//! Start-up: identity and TLS → store (resumes; downloads re-verify) → swarm
 //! listener → saved controller state (revocations, roster) → swarm service
 //! → discovery → controller session → transfer queue (resumes downloads)
 //! → local API.
@@ -28,7 +28,8 @@ use crate::limits::RateLimiter;
 use crate::local_api::LocalApi;
 use crate::store::{PackageState, Store, StoreError};
 use crate::swarm::{
-    Counters, SwarmContext, pool::PeerPool, reputation::Reputation, service::SwarmService,
+    Counters, SwarmContext, locality::LocalNets, pool::PeerPool, reputation::Reputation,
+    service::SwarmService,
 };
 use crate::transfers::{self, Transfers};
 use crate::transport::client::Connector;
@@ -144,7 +145,7 @@ impl Agent {
             access: Default::default(),
             controller: Default::default(),
             counters: Counters::default(),
-            local_addrs: local_addrs.clone(),
+            local_nets: LocalNets::discover(&local_addrs),
             tasks: tasks.clone(),
             cancel: cancel.clone(),
         });

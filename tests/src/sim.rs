@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use shoal_agent::store::Bitfield;
-use shoal_agent::swarm::picker::Picker;
+use shoal_agent::swarm::picker::{Only, Picker};
 use shoal_agent::swarm::scheduling::{
     self, BATCH_BYTES, BATCH_CHUNKS, BUSY_BACKOFF, MAX_INFLIGHT_BYTES, MAX_INFLIGHT_REQUESTS,
     PeerRank,
@@ -205,7 +205,7 @@ pub fn run(c: &SimConfig) -> SimResult {
                         hosts[to].dirty = true;
                         let watchers = std::mem::take(&mut hosts[to].watchers);
                         for &w in &watchers {
-                            hosts[w].picker.add_chunk(chunk);
+                            hosts[w].picker.add_chunk(chunk, true);
                             hosts[w].dirty = true;
                         }
                         hosts[to].watchers = watchers;
@@ -317,7 +317,10 @@ pub fn run(c: &SimConfig) -> SimResult {
                         avoid,
                         BATCH_BYTES,
                         BATCH_CHUNKS,
-                        origin && others_busy,
+                        Only {
+                            unique: origin && others_busy,
+                            not_local: false,
+                        },
                     );
                     if batch.is_empty() && endgame {
                         batch.extend(h.picker.pick_endgame(
@@ -326,6 +329,7 @@ pub fn run(c: &SimConfig) -> SimResult {
                             &h.have,
                             &h.inflight,
                             avoid,
+                            Only::default(),
                         ));
                     }
                     if batch.is_empty() {

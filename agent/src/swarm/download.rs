@@ -21,7 +21,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::SwarmContext;
-use super::picker::Picker;
+use super::picker::{Only, Picker};
 use super::pool::PeerConn;
 use super::scheduling::{
     self, BATCH_BYTES, BATCH_CHUNKS, BUSY_BACKOFF, MAX_INFLIGHT_BYTES, MAX_INFLIGHT_REQUESTS,
@@ -330,7 +330,7 @@ impl Download {
     fn drop_peer(&mut self, agent: &str) {
         if let Some(p) = self.peers.remove(agent) {
             if !p.origin {
-                self.picker.remove_peer(&p.have);
+                self.picker.remove_peer(&p.have, p.same_subnet);
                 // Rarer chunks may now be ones only the origin holds.
                 self.offers_changed();
             }
@@ -367,11 +367,11 @@ impl Download {
                 r.busy = false;
                 r.connected = true;
                 r.delay = Duration::ZERO;
-                if !origin {
-                    self.picker.add_peer(&have);
-                }
-                tracing::debug!(package = %self.name(), peer = %agent, held = have.count(), "peer joined the swarm");
                 let same_subnet = self.ctx.same_subnet(&conn.addr);
+                if !origin {
+                    self.picker.add_peer(&have, same_subnet);
+                }
+                tracing::debug!(package = %self.name(), peer = %agent, held = have.count(), same_subnet, "peer joined the swarm");
                 self.peers.insert(
                     agent,
                     Peer {
@@ -394,7 +394,7 @@ impl Download {
                     for c in chunks {
                         if p.have.set(c) {
                             if !p.origin {
-                                self.picker.add_chunk(c);
+                                self.picker.add_chunk(c, p.same_subnet);
                             }
                             if !self.have.get(c) {
                                 p.exhausted = None;
@@ -579,8 +579,8 @@ impl Download {
         if self.inflight_bytes >= MAX_INFLIGHT_BYTES {
             return;
         }
-        let mut requests: usize = self.peers.values().map(|p| p.inflight).sum();
-        if requests >= MAX_INFLIGHT_REQUESTS {
+        let mut in_flight_requests: usize = self.peers.values().map(|p| p.inflight).sum();
+        if in_flight_requests >= MAX_INFLIGHT_REQUESTS {
             return;
         }
         let mut others_busy = self.peers.values().any(|p| !p.origin && p.inflight > 0);
@@ -595,7 +595,7 @@ impl Download {
             while let Some(peer) = self.peers.get(&id) {
                 if peer.inflight >= peer.window(max_req)
                     || self.inflight_bytes >= MAX_INFLIGHT_BYTES
-                    || requests >= MAX_INFLIGHT_REQUESTS
+                    || in_flight_requests >= MAX_INFLIGHT_REQUESTS
                 {
                     break;
                 }
@@ -606,7 +606,11 @@ impl Download {
                 if peer.exhausted == Some(terms) {
                     break;
                 }
-                let (endgame, unique_only) = (terms.endgame, terms.unique_only);
+                let endgame = terms.endgame;
+                let only = Only {
+                    unique: terms.unique_only,
+                    not_local: !peer.same_subnet,
+                };
                 let no_avoid = HashMap::new();
                 let avoid = if peer.origin {
                     &self.declined
@@ -620,7 +624,7 @@ impl Download {
                     avoid,
                     BATCH_BYTES,
                     BATCH_CHUNKS,
-                    unique_only,
+                    only,
                 );
                 if batch.is_empty() && endgame {
                     batch.extend(self.picker.pick_endgame(
@@ -629,6 +633,7 @@ impl Download {
                         &self.have,
                         &self.inflight,
                         avoid,
+                        only,
                     ));
                 }
                 if batch.is_empty() {
@@ -638,7 +643,7 @@ impl Download {
                     break;
                 }
                 others_busy |= !peer.origin;
-                requests += 1;
+                in_flight_requests += 1;
                 self.request(&id, batch);
             }
         }

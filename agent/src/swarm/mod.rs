@@ -6,10 +6,12 @@
 //! download (rarest first via [`picker`], several requests per peer, end
 //! game, timeouts, verification, [`reputation`] for bad senders); [`pool`]
 //! dials and caches peer connections; [`resolve`] finds and verifies a
-//! manifest among peers.
+//! manifest among peers; [`locality`] tells peers on this host's subnet
+//! from those across a router.
 
 pub mod access;
 pub mod download;
+pub mod locality;
 pub mod picker;
 pub mod pool;
 pub mod reputation;
@@ -18,7 +20,6 @@ pub mod reuse;
 pub mod scheduling;
 pub mod service;
 
-use std::net::IpAddr;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, RwLock};
 
@@ -108,8 +109,8 @@ pub struct SwarmContext {
     /// The controller session's client while one is open.
     pub controller: crate::control::link::ControllerLink,
     pub counters: Counters,
-    /// This host's addresses, to prefer peers on the same subnet.
-    pub local_addrs: Vec<IpAddr>,
+    /// This host's networks, to prefer peers on the same subnet.
+    pub local_nets: locality::LocalNets,
     pub tasks: TaskTracker,
     pub cancel: CancellationToken,
 }
@@ -122,16 +123,9 @@ impl SwarmContext {
             .clone()
     }
 
-    /// Same IPv4 /24 or IPv6 /64 as one of our addresses: a cheap stand-in
-    /// for "same subnet" that needs no interface masks.
+    /// Whether a peer's `host:port` is on one of this host's networks.
     pub fn same_subnet(&self, addr: &str) -> bool {
-        let Ok(sa) = addr.parse::<std::net::SocketAddr>() else {
-            return false;
-        };
-        self.local_addrs.iter().any(|l| match (l, sa.ip()) {
-            (IpAddr::V4(a), IpAddr::V4(b)) => a.octets()[..3] == b.octets()[..3],
-            (IpAddr::V6(a), IpAddr::V6(b)) => a.segments()[..4] == b.segments()[..4],
-            _ => false,
-        })
+        addr.parse::<std::net::SocketAddr>()
+            .is_ok_and(|sa| self.local_nets.contains(sa.ip()))
     }
 }

@@ -3,7 +3,10 @@
 //! Rarity is how many connected peers other than the origin hold a chunk
 //! (the origin holds everything; counting it tells nothing). The origin is
 //! asked for chunks no other peer has, so its upload goes to new chunks and
-//! peers spread the rest. Ties break by a hash
+//! peers spread the rest. A peer across a router is asked only for chunks
+//! no peer on our own subnet holds, so a chunk crosses between labs about
+//! once and then spreads inside each lab; ordering peers by subnet alone
+//! still let every remote peer with a free window be asked. Ties break by a hash
 //! seeded per agent, so agents starting together ask the seed for
 //! different chunks and the swarm diversifies at once. The order is rebuilt
 //! lazily (at most every [`REORDER_INTERVAL`]) so picking stays cheap with
@@ -22,9 +25,21 @@ pub const REORDER_INTERVAL: Duration = Duration::from_millis(250);
 /// A chunk asked of at most this many peers at once in end game.
 pub const ENDGAME_DUPLICATES: usize = 2;
 
+/// Which chunks a pick is restricted to, besides "not held, not in
+/// flight, not avoided".
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Only {
+    /// Chunks no counted peer holds (the origin, while peers are busy).
+    pub unique: bool,
+    /// Chunks no counted peer on our subnet holds (a peer across a router).
+    pub not_local: bool,
+}
+
 #[derive(Debug)]
 pub struct Picker {
     rarity: Vec<u16>,
+    /// Like `rarity`, counting only peers on our subnet.
+    local: Vec<u16>,
     lengths: Vec<u32>,
     seed: u64,
     order: Vec<u32>,
@@ -45,6 +60,7 @@ impl Picker {
     pub fn new(lengths: Vec<u32>, seed: u64) -> Self {
         Self {
             rarity: vec![0; lengths.len()],
+            local: vec![0; lengths.len()],
             lengths,
             seed,
             order: Vec::new(),
@@ -53,26 +69,33 @@ impl Picker {
         }
     }
 
-    pub fn add_peer(&mut self, have: &Bitfield) {
+    /// A counted peer joined holding `have`; `local`: it is on our subnet.
+    pub fn add_peer(&mut self, have: &Bitfield, local: bool) {
         for i in have.iter_set() {
-            self.add_chunk(i);
+            self.add_chunk(i, local);
         }
     }
 
-    pub fn remove_peer(&mut self, have: &Bitfield) {
+    pub fn remove_peer(&mut self, have: &Bitfield, local: bool) {
         for i in have.iter_set() {
             if let Some(r) = self.rarity.get_mut(i as usize) {
+                *r = r.saturating_sub(1);
+            }
+            if local && let Some(r) = self.local.get_mut(i as usize) {
                 *r = r.saturating_sub(1);
             }
         }
         self.dirty = true;
     }
 
-    /// A peer announced a new chunk.
-    pub fn add_chunk(&mut self, i: u32) {
+    /// A counted peer announced a new chunk.
+    pub fn add_chunk(&mut self, i: u32, local: bool) {
         if let Some(r) = self.rarity.get_mut(i as usize) {
             *r = r.saturating_add(1);
             self.dirty = true;
+        }
+        if local && let Some(r) = self.local.get_mut(i as usize) {
+            *r = r.saturating_add(1);
         }
     }
 
@@ -80,6 +103,11 @@ impl Picker {
     /// order, which leaves held chunks out, must be rebuilt.
     pub fn held_changed(&mut self) {
         self.dirty = true;
+    }
+
+    /// Whether `only` rules out chunk `i` by where it is held.
+    fn excluded(&self, i: u32, only: Only) -> bool {
+        only.not_local && self.local.get(i as usize).is_some_and(|&n| n > 0)
     }
 
     fn reorder(&mut self, have: &Bitfield, now: Instant) {
@@ -101,8 +129,7 @@ impl Picker {
     /// Chunks to ask a peer holding `peer_has` for: not held, not in
     /// flight, rarest first, up to `max_bytes` (at least one chunk) and
     /// `max_chunks`. Empty when the peer has nothing new to offer.
-    /// With `unique_only`, only chunks no counted peer holds (for the
-    /// origin); chunks in `avoid` are skipped.
+    /// `only` restricts the choice further; chunks in `avoid` are skipped.
     #[allow(clippy::too_many_arguments)]
     pub fn pick(
         &mut self,
@@ -112,7 +139,7 @@ impl Picker {
         avoid: &HashMap<u32, std::time::Instant>,
         max_bytes: u64,
         max_chunks: usize,
-        unique_only: bool,
+        only: Only,
     ) -> Vec<u32> {
         self.pick_at(
             Instant::now(),
@@ -122,7 +149,7 @@ impl Picker {
             avoid,
             max_bytes,
             max_chunks,
-            unique_only,
+            only,
         )
     }
 
@@ -137,7 +164,7 @@ impl Picker {
         avoid: &HashMap<u32, std::time::Instant>,
         max_bytes: u64,
         max_chunks: usize,
-        unique_only: bool,
+        only: Only,
     ) -> Vec<u32> {
         self.reorder(have, now);
         let mut out = Vec::new();
@@ -147,10 +174,11 @@ impl Picker {
                 || !peer_has.get(i)
                 || inflight.contains_key(&i)
                 || avoid.contains_key(&i)
+                || self.excluded(i, only)
             {
                 continue;
             }
-            if unique_only && self.rarity[i as usize] > 0 {
+            if only.unique && self.rarity[i as usize] > 0 {
                 // Sorted by rarity: nothing unique is left.
                 break;
             }
@@ -169,7 +197,8 @@ impl Picker {
 
     /// End game: one in-flight chunk this peer could also send, that it is
     /// not already sending, that fewer than [`ENDGAME_DUPLICATES`] peers
-    /// are sending, and that is not in `avoid` (what the origin declined).
+    /// are sending, and that is not in `avoid` (what the origin declined)
+    /// or ruled out by `only.not_local`.
     pub fn pick_endgame(
         &self,
         peer: &str,
@@ -177,6 +206,7 @@ impl Picker {
         have: &Bitfield,
         inflight: &HashMap<u32, Vec<String>>,
         avoid: &HashMap<u32, Instant>,
+        only: Only,
     ) -> Option<u32> {
         inflight
             .iter()
@@ -186,6 +216,7 @@ impl Picker {
                     && !avoid.contains_key(*i)
                     && who.len() < ENDGAME_DUPLICATES
                     && !who.iter().any(|w| w == peer)
+                    && !self.excluded(**i, only)
             })
             .map(|(i, _)| *i)
             .min_by_key(|&i| mix(self.seed, i))
@@ -209,15 +240,31 @@ mod tests {
         let mut p = Picker::new(vec![10; 6], 7);
         let a = bits(6, &[0, 1, 2, 3, 4, 5]);
         let b = bits(6, &[0, 1, 2, 3]);
-        p.add_peer(&a);
-        p.add_peer(&b);
+        p.add_peer(&a, true);
+        p.add_peer(&b, true);
         let have = bits(6, &[0]);
         let mut inflight = HashMap::new();
         inflight.insert(5u32, vec!["x".to_owned()]);
         // Chunk 4 is rarest (only on a); 5 is in flight; 0 is held.
-        let got = p.pick(&a, &have, &inflight, &HashMap::new(), 10, 8, false);
+        let got = p.pick(
+            &a,
+            &have,
+            &inflight,
+            &HashMap::new(),
+            10,
+            8,
+            Only::default(),
+        );
         assert_eq!(got, vec![4]);
-        let got = p.pick(&a, &have, &inflight, &HashMap::new(), 1000, 8, false);
+        let got = p.pick(
+            &a,
+            &have,
+            &inflight,
+            &HashMap::new(),
+            1000,
+            8,
+            Only::default(),
+        );
         assert_eq!(got.len(), 4);
         assert!(!got.contains(&0) && !got.contains(&5));
         assert_eq!(got[0], 4);
@@ -229,7 +276,7 @@ mod tests {
         let firsts: std::collections::HashSet<u32> = (0..16u64)
             .map(|seed| {
                 let mut p = Picker::new(vec![1; 64], seed);
-                p.add_peer(&seed_has);
+                p.add_peer(&seed_has, true);
                 p.pick(
                     &seed_has,
                     &Bitfield::new(64),
@@ -237,7 +284,7 @@ mod tests {
                     &HashMap::new(),
                     1,
                     1,
-                    false,
+                    Only::default(),
                 )[0]
             })
             .collect();
@@ -247,8 +294,12 @@ mod tests {
     #[test]
     fn unique_only_skips_chunks_other_peers_hold() {
         let mut p = Picker::new(vec![1; 4], 3);
-        p.add_peer(&bits(4, &[0, 1]));
+        p.add_peer(&bits(4, &[0, 1]), true);
         let origin = Bitfield::full(4);
+        let unique = Only {
+            unique: true,
+            not_local: false,
+        };
         let mut got = p.pick(
             &origin,
             &Bitfield::new(4),
@@ -256,7 +307,7 @@ mod tests {
             &HashMap::new(),
             10,
             10,
-            true,
+            unique,
         );
         got.sort();
         assert_eq!(got, vec![2, 3]);
@@ -271,10 +322,68 @@ mod tests {
         inflight.insert(1u32, vec!["a".to_owned()]);
         inflight.insert(2u32, vec!["a".to_owned(), "b".to_owned()]);
         let none = HashMap::new();
-        assert_eq!(p.pick_endgame("b", &has, &have, &inflight, &none), Some(1));
-        assert_eq!(p.pick_endgame("a", &has, &have, &inflight, &none), None);
+        let any = Only::default();
+        assert_eq!(
+            p.pick_endgame("b", &has, &have, &inflight, &none, any),
+            Some(1)
+        );
+        assert_eq!(
+            p.pick_endgame("a", &has, &have, &inflight, &none, any),
+            None
+        );
         // The origin declined chunk 1: not asked again in end game either.
         let declined = HashMap::from([(1u32, Instant::now())]);
-        assert_eq!(p.pick_endgame("b", &has, &have, &inflight, &declined), None);
+        assert_eq!(
+            p.pick_endgame("b", &has, &have, &inflight, &declined, any),
+            None
+        );
+    }
+
+    #[test]
+    fn a_peer_across_a_router_is_asked_only_for_what_our_subnet_lacks() {
+        let mut p = Picker::new(vec![1; 6], 5);
+        // A peer on our subnet holds 0 and 1; one across the router all.
+        let near = bits(6, &[0, 1]);
+        let far = Bitfield::full(6);
+        p.add_peer(&near, true);
+        p.add_peer(&far, false);
+        let across = Only {
+            unique: false,
+            not_local: true,
+        };
+        let (none, no_avoid) = (HashMap::new(), HashMap::new());
+        let mut got = p.pick(&far, &Bitfield::new(6), &none, &no_avoid, 100, 100, across);
+        got.sort();
+        assert_eq!(got, vec![2, 3, 4, 5]);
+        // The near peer still gets everything it holds.
+        let mut got = p.pick(
+            &near,
+            &Bitfield::new(6),
+            &none,
+            &no_avoid,
+            100,
+            100,
+            Only::default(),
+        );
+        got.sort();
+        assert_eq!(got, vec![0, 1]);
+        // In end game too: chunk 0 is in flight from the near peer.
+        let inflight = HashMap::from([(0u32, vec!["near".to_owned()])]);
+        assert_eq!(
+            p.pick_endgame(
+                "far",
+                &far,
+                &bits(6, &[1, 2, 3, 4, 5]),
+                &inflight,
+                &no_avoid,
+                across
+            ),
+            None
+        );
+        // Once the near peer is gone, the far one is asked for 0 and 1 too.
+        p.remove_peer(&near, true);
+        let mut got = p.pick(&far, &Bitfield::new(6), &none, &no_avoid, 100, 100, across);
+        got.sort();
+        assert_eq!(got, vec![0, 1, 2, 3, 4, 5]);
     }
 }
