@@ -329,7 +329,13 @@ impl Download {
 
     fn drop_peer(&mut self, agent: &str) {
         if let Some(p) = self.peers.remove(agent) {
-            if !p.origin {
+            if p.origin {
+                if p.same_subnet {
+                    // Peers across the router may have what we lack now.
+                    self.picker.set_local_origin(false);
+                    self.offers_changed();
+                }
+            } else {
                 self.picker.remove_peer(&p.have, p.same_subnet);
                 // Rarer chunks may now be ones only the origin holds.
                 self.offers_changed();
@@ -370,6 +376,8 @@ impl Download {
                 let same_subnet = self.ctx.same_subnet(&conn.addr);
                 if !origin {
                     self.picker.add_peer(&have, same_subnet);
+                } else if same_subnet {
+                    self.picker.set_local_origin(true);
                 }
                 tracing::debug!(package = %self.name(), peer = %agent, held = have.count(), same_subnet, "peer joined the swarm");
                 self.peers.insert(

@@ -4,9 +4,10 @@
 //! (the origin holds everything; counting it tells nothing). The origin is
 //! asked for chunks no other peer has, so its upload goes to new chunks and
 //! peers spread the rest. A peer across a router is asked only for chunks
-//! no peer on our own subnet holds, so a chunk crosses between labs about
-//! once and then spreads inside each lab; ordering peers by subnet alone
-//! still let every remote peer with a free window be asked. Ties break by a hash
+//! no peer on our own subnet holds (none, while the origin is on our
+//! subnet: it holds everything), so chunks cross between labs towards the
+//! lab without the origin and spread inside each; ordering peers by subnet
+//! alone still let every remote peer with a free window be asked. Ties break by a hash
 //! seeded per agent, so agents starting together ask the seed for
 //! different chunks and the swarm diversifies at once. The order is rebuilt
 //! lazily (at most every [`REORDER_INTERVAL`]) so picking stays cheap with
@@ -40,6 +41,8 @@ pub struct Picker {
     rarity: Vec<u16>,
     /// Like `rarity`, counting only peers on our subnet.
     local: Vec<u16>,
+    /// The origin is connected and on our subnet.
+    local_origin: bool,
     lengths: Vec<u32>,
     seed: u64,
     order: Vec<u32>,
@@ -61,6 +64,7 @@ impl Picker {
         Self {
             rarity: vec![0; lengths.len()],
             local: vec![0; lengths.len()],
+            local_origin: false,
             lengths,
             seed,
             order: Vec::new(),
@@ -105,9 +109,14 @@ impl Picker {
         self.dirty = true;
     }
 
+    /// The origin, on our subnet, joined (`true`) or left.
+    pub fn set_local_origin(&mut self, local: bool) {
+        self.local_origin = local;
+    }
+
     /// Whether `only` rules out chunk `i` by where it is held.
     fn excluded(&self, i: u32, only: Only) -> bool {
-        only.not_local && self.local.get(i as usize).is_some_and(|&n| n > 0)
+        only.not_local && (self.local_origin || self.local.get(i as usize).is_some_and(|&n| n > 0))
     }
 
     fn reorder(&mut self, have: &Bitfield, now: Instant) {
@@ -385,5 +394,11 @@ mod tests {
         let mut got = p.pick(&far, &Bitfield::new(6), &none, &no_avoid, 100, 100, across);
         got.sort();
         assert_eq!(got, vec![0, 1, 2, 3, 4, 5]);
+        // With the origin on our subnet nothing need cross the router.
+        p.set_local_origin(true);
+        assert!(
+            p.pick(&far, &Bitfield::new(6), &none, &no_avoid, 100, 100, across)
+                .is_empty()
+        );
     }
 }
