@@ -654,15 +654,19 @@ impl Store {
 
     /// Re-hashes the chunks `pkg` held as claimed at start-up and drops
     /// those that fail from its bitfield (they will be fetched again).
-    /// Returns the dropped chunks. Stops early, keeping the rest claimed
-    /// for next time, when `cancel` fires.
+    /// Returns the dropped chunks. The package stays unverified (and
+    /// cannot complete) until this returns; it stops early, keeping the
+    /// rest claimed for next time, when `cancel` fires.
     pub async fn verify_restored(
         &self,
         pkg: &Arc<Package>,
         cancel: &tokio_util::sync::CancellationToken,
     ) -> Result<Vec<u32>, StoreError> {
-        let claimed =
-            std::mem::take(&mut *pkg.unverified.lock().unwrap_or_else(|p| p.into_inner()));
+        let claimed = pkg
+            .unverified
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         if claimed.is_empty() {
             return Ok(Vec::new());
         }
@@ -684,12 +688,6 @@ impl Store {
             Ok((bad, Vec::new()))
         })
         .await?;
-        if !left.is_empty() {
-            pkg.unverified
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .extend(left);
-        }
         if !bad.is_empty() {
             tracing::warn!(package = %pkg.name_version(), chunks = bad.len(), "chunks recorded as held failed re-verification; they will be fetched again");
             let mut have = pkg.lock_have();
@@ -698,6 +696,7 @@ impl Store {
             }
             self.db.put_have(&pkg.id, have.as_bytes())?;
         }
+        *pkg.unverified.lock().unwrap_or_else(|p| p.into_inner()) = left;
         tracing::debug!(package = %pkg.name_version(), secs = started.elapsed().as_secs_f64(), dropped = bad.len(), "re-verified restored chunks");
         Ok(bad)
     }

@@ -175,6 +175,10 @@ impl Picker {
         max_chunks: usize,
         only: Only,
     ) -> Vec<u32> {
+        if only.not_local && self.local_origin {
+            // Everything is on our subnet: no need to scan.
+            return Vec::new();
+        }
         self.reorder(have, now);
         let mut out = Vec::new();
         let mut bytes = 0u64;
