@@ -28,6 +28,13 @@ struct Args {
     upload_slots: usize,
     #[arg(long, default_value_t = 4)]
     requests_per_peer: usize,
+    /// Requests in flight per download, across all peers.
+    #[arg(long, default_value_t = shoal_agent::swarm::scheduling::MAX_INFLIGHT_REQUESTS)]
+    max_requests: usize,
+    /// From asking to the first byte, milliseconds (round trip plus the
+    /// serving agent's turnaround).
+    #[arg(long, default_value_t = 2.0)]
+    latency_ms: f64,
     /// Time step, seconds.
     #[arg(long, default_value_t = 0.02)]
     dt: f64,
@@ -67,6 +74,8 @@ fn main() {
             neighbours: a.neighbours,
             upload_slots: a.upload_slots,
             requests_per_peer: a.requests_per_peer,
+            max_requests: a.max_requests,
+            latency: a.latency_ms / 1e3,
             dt: a.dt,
             max_time: 100.0 * a.size as f64 / a.rate as f64,
             seed: a.seed,
