@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use shoal_agent::store::Bitfield;
 use shoal_agent::swarm::picker::{Only, Picker};
 use shoal_agent::swarm::scheduling::{
-    self, BATCH_BYTES, BATCH_CHUNKS, BUSY_BACKOFF, MAX_INFLIGHT_BYTES, PeerRank,
+    self, BATCH_BYTES, BATCH_CHUNKS, MAX_INFLIGHT_BYTES, PeerRank,
 };
 use shoal_agent::swarm::service::{SUPERSEED_SEND_TIMES, SUPERSEED_WINDOW};
 
@@ -80,6 +80,8 @@ struct Link {
     inflight: usize,
     throughput: f64,
     idle_until: f64,
+    /// "Busy" answers in a row (the agent's back-off doubles with each).
+    busy_streak: u32,
 }
 
 struct Host {
@@ -263,6 +265,7 @@ pub fn run(c: &SimConfig) -> SimResult {
                 inflight: 0,
                 throughput: 0.0,
                 idle_until: 0.0,
+                busy_streak: 0,
             });
             hosts[to].watchers.push(from);
         }
@@ -292,6 +295,8 @@ pub fn run(c: &SimConfig) -> SimResult {
                         f.left_in_chunk = f64::from(lengths[f.chunks[f.next] as usize]);
                     }
                     let to = f.to;
+                    // A chunk from a peer ends its run of "busy" answers.
+                    hosts[to].links[f.link].busy_streak = 0;
                     if hosts[to].have.set(chunk) {
                         hosts[to].inflight.remove(&chunk);
                         hosts[to].dirty = true;
@@ -431,7 +436,11 @@ pub fn run(c: &SimConfig) -> SimResult {
                     // The serving side: upload slots, then the origin's
                     // hold-back of chunks it just sent.
                     if hosts[to].up >= c.upload_slots {
-                        hosts[i].links[l].idle_until = t + c.latency + BUSY_BACKOFF.as_secs_f64();
+                        let link = &mut hosts[i].links[l];
+                        link.idle_until = t
+                            + c.latency
+                            + scheduling::busy_backoff(link.busy_streak).as_secs_f64();
+                        link.busy_streak += 1;
                         break;
                     }
                     if origin

@@ -24,7 +24,7 @@ use super::SwarmContext;
 use super::picker::{Only, Picker};
 use super::pool::PeerConn;
 use super::scheduling::{
-    self, BATCH_BYTES, BATCH_CHUNKS, BUSY_BACKOFF, MAX_INFLIGHT_BYTES, MAX_INFLIGHT_REQUESTS,
+    self, BATCH_BYTES, BATCH_CHUNKS, MAX_INFLIGHT_BYTES, MAX_INFLIGHT_REQUESTS,
 };
 use crate::discovery::{PeerEntry, PeerKey};
 use crate::store::{Bitfield, ChunkOutcome, ChunkWriter, Package, StoreError};
@@ -37,8 +37,6 @@ const RETRY_MIN: Duration = Duration::from_secs(2);
 const RETRY_MAX: Duration = Duration::from_secs(30);
 /// Consecutive failed requests before a peer is dropped and redialled.
 const MAX_PEER_FAILURES: u32 = 3;
-/// Longest back-off after repeated "busy" answers.
-const BUSY_BACKOFF_MAX: Duration = Duration::from_millis(2400);
 /// Messages handled at most between two scheduling passes.
 const MSG_BATCH: usize = 64;
 /// Progress rate is averaged over this window.
@@ -116,7 +114,7 @@ struct Peer {
     /// Not asked again before this (it said it was busy).
     idle_until: Option<Instant>,
     /// "Busy" answers in a row: each doubles the back-off (up to
-    /// [`BUSY_BACKOFF_MAX`]), so a swarm of peers whose slots are all taken
+    /// [`scheduling::BUSY_BACKOFF_MAX`]), so a swarm of peers whose slots are all taken
     /// does not spend its CPU asking again and again.
     busy_streak: u32,
     /// The last pick for this peer found nothing, under these terms, and
@@ -523,8 +521,7 @@ impl Download {
                     p.inflight = p.inflight.saturating_sub(1);
                     if busy {
                         // Out of upload slots: normal under load, not a fault.
-                        let backoff =
-                            (BUSY_BACKOFF * 2u32.pow(p.busy_streak.min(8))).min(BUSY_BACKOFF_MAX);
+                        let backoff = scheduling::busy_backoff(p.busy_streak);
                         p.busy_streak += 1;
                         p.idle_until = Some(Instant::now() + backoff);
                         tracing::debug!(package = %name, peer = %agent, ?backoff, "peer busy");

@@ -16,8 +16,17 @@ pub const BATCH_CHUNKS: usize = 64;
 /// than it can send soon: otherwise every agent queues the same chunks at
 /// the seed at once and the seed uploads many copies.
 pub const PIPELINE_SECONDS: f64 = 0.5;
-/// After a "busy" answer, leave the peer alone this long.
+/// After a "busy" answer, leave the peer alone this long, twice as long
+/// after each further one, up to [`BUSY_BACKOFF_MAX`].
 pub const BUSY_BACKOFF: Duration = Duration::from_millis(300);
+/// Longest back-off after repeated "busy" answers.
+pub const BUSY_BACKOFF_MAX: Duration = Duration::from_millis(2400);
+
+/// How long to leave a peer alone after its `streak + 1`-th "busy" in a
+/// row (the streak ends with the next chunk it sends).
+pub fn busy_backoff(streak: u32) -> Duration {
+    (BUSY_BACKOFF * 2u32.pow(streak.min(8))).min(BUSY_BACKOFF_MAX)
+}
 /// Bytes of chunk requests in flight per download, across all peers.
 /// Chunks stream to disk, so this costs no memory. It must cover several
 /// peers' worth of slow streams (a peer splits its upload among its
@@ -75,6 +84,14 @@ mod tests {
         // 12.5 MB/s (100 Mbit/s): 0.5 s is 6.25 MB, two 4 MiB requests.
         assert_eq!(window(12.5e6, false, 4), 3);
         assert_eq!(window(1e9, false, 4), 4);
+    }
+
+    #[test]
+    fn busy_backoff_doubles_to_its_cap() {
+        assert_eq!(busy_backoff(0), BUSY_BACKOFF);
+        assert_eq!(busy_backoff(1), BUSY_BACKOFF * 2);
+        assert_eq!(busy_backoff(3), BUSY_BACKOFF_MAX);
+        assert_eq!(busy_backoff(40), BUSY_BACKOFF_MAX);
     }
 
     #[test]
