@@ -14,9 +14,9 @@
 //! shares, which leaves a receiver's download idle whenever one of its
 //! senders is shared more than the others: it put 30 hosts with 1 MiB
 //! chunks at 1.19 × ideal where this one gives 1.13. No loss: a LAN at
-//! its rate. Every host knows the seed
-//! and `neighbours` random others (the swarm graph a large LAN gives each
-//! agent once its peer list is capped; see the benchmark notes).
+//! its rate. Every host knows the seed and `neighbours` random others
+//! (the swarm graph a large LAN gives each agent once its peer list is
+//! capped; see the benchmark notes).
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -93,8 +93,8 @@ struct Host {
     links: Vec<Link>,
     /// Hosts that request from this one (to tell them of new chunks).
     watchers: Vec<usize>,
+    /// Requests this host is serving: its upload slots in use.
     up: usize,
-    down: usize,
     done_at: Option<f64>,
     dirty: bool,
 }
@@ -232,7 +232,6 @@ pub fn run(c: &SimConfig) -> SimResult {
             links: Vec::new(),
             watchers: Vec::new(),
             up: 0,
-            down: 0,
             done_at: (i == 0).then_some(0.0),
             dirty: i != 0,
         })
@@ -326,7 +325,6 @@ pub fn run(c: &SimConfig) -> SimResult {
             let took = (t + c.dt - f.started).max(c.dt);
             hosts[f.from].up -= 1;
             let h = &mut hosts[f.to];
-            h.down -= 1;
             h.inflight_bytes = h.inflight_bytes.saturating_sub(f.bytes);
             let link = &mut h.links[f.link];
             link.inflight -= 1;
@@ -383,10 +381,9 @@ pub fn run(c: &SimConfig) -> SimResult {
             order
                 .sort_by(|&a, &b| scheduling::peer_order(&rank(&hosts[i], a), &rank(&hosts[i], b)));
             let mut requests: usize = hosts[i].links.iter().map(|k| k.inflight).sum();
-            let max_requests = c.max_requests;
             for l in order {
                 loop {
-                    if requests >= max_requests {
+                    if requests >= c.max_requests {
                         break;
                     }
                     let (to, key) = (hosts[i].links[l].to, hosts[i].links[l].key.clone());
@@ -475,7 +472,6 @@ pub fn run(c: &SimConfig) -> SimResult {
                     h.inflight_bytes += bytes;
                     h.links[l].inflight += 1;
                     requests += 1;
-                    h.down += 1;
                     hosts[to].up += 1;
                     let first = f64::from(lengths[batch[0] as usize]);
                     flows.push(Flow {

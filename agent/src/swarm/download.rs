@@ -114,8 +114,8 @@ struct Peer {
     /// Not asked again before this (it said it was busy).
     idle_until: Option<Instant>,
     /// "Busy" answers in a row: each doubles the back-off (up to
-    /// [`scheduling::BUSY_BACKOFF_MAX`]), so a swarm of peers whose slots are all taken
-    /// does not spend its CPU asking again and again.
+    /// [`scheduling::BUSY_BACKOFF_MAX`]), so a swarm of peers whose slots
+    /// are all taken does not spend its CPU asking again and again.
     busy_streak: u32,
     /// The last pick for this peer found nothing, under these terms, and
     /// nothing that could change that has happened since: the scheduler
