@@ -12,6 +12,11 @@
 //! A [`ChunkReader`] hashes what it reads and holds back a chunk's last
 //! piece until the whole chunk has matched, so a chunk rotted on disk ends
 //! in an error rather than reaching the peer complete.
+//!
+//! Both open their file in the same blocking call as their first piece:
+//! a chunk of a small file is one piece, and a hand-off to the blocking
+//! pool per open as well as per piece doubled the thread wake-ups of a
+//! package of thousands of small files.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -21,13 +26,24 @@ use bytes::Bytes;
 use super::direct::{AlignedBuf, ContentFile};
 use super::{Package, Store, StoreError, blocking, io_err};
 
+/// Files shorter than this go through the page cache both ways. A direct
+/// transfer of a few blocks costs a device round trip (on a VM, an exit to
+/// the host) and, where the file's last block was written buffered, a
+/// forced write-back before it can be read; a package of thousands of
+/// small files paid that per file per peer. Their bytes are a small share
+/// of such a package, so caching them costs little memory. Small chunks
+/// of large files (content-defined chunking) stay direct.
+pub const DIRECT_MIN: u32 = 64 << 10;
+
 /// Writes one chunk in place; dropping it unfinished releases the claim
 /// and leaves the chunk missing.
 #[derive(Debug)]
 pub struct ChunkWriter {
     claim: Claim,
     path: PathBuf,
-    file: Arc<ContentFile>,
+    /// Opened with the first piece.
+    file: Option<Arc<ContentFile>>,
+    direct: bool,
     offset: u64,
     len: u32,
     written: u32,
@@ -74,18 +90,23 @@ impl ChunkWriter {
             Some(b) if b.capacity() >= data.len() => b,
             _ => AlignedBuf::new(data.len().max(super::direct::POOLED_LEN)),
         };
-        let (file, path) = (self.file.clone(), self.path.clone());
+        let (file, path, direct) = (self.file.clone(), self.path.clone(), self.direct);
         let at = self.offset + u64::from(self.written);
         let n = data.len() as u32;
-        let (hasher, scratch) = blocking(move || {
+        let (hasher, scratch, file) = blocking(move || {
+            let file = match file {
+                Some(f) => f,
+                None => Arc::new(ContentFile::open_write(&path, direct).map_err(io_err(&path))?),
+            };
             hasher.update(&data);
             file.write_at(&data, at, &mut scratch)
                 .map_err(io_err(&path))?;
-            Ok((hasher, scratch))
+            Ok((hasher, scratch, file))
         })
         .await?;
         self.hasher = Some(hasher);
         self.scratch = Some(scratch);
+        self.file = Some(file);
         self.written += n;
         Ok(())
     }
@@ -129,20 +150,7 @@ impl ChunkReader {
         }
         let at = self.read;
         let n = self.piece.min(self.len - at);
-        let path = self.path.clone();
-        let file = match &self.file {
-            Some(f) => f.clone(),
-            None => {
-                let p = path.clone();
-                let direct = self.direct;
-                let f = Arc::new(
-                    blocking(move || ContentFile::open_read(&p, direct).map_err(io_err(&p)))
-                        .await?,
-                );
-                self.file = Some(f.clone());
-                f
-            }
-        };
+        let (path, file, direct) = (self.path.clone(), self.file.clone(), self.direct);
         let mut hasher = self
             .hasher
             .take()
@@ -150,17 +158,22 @@ impl ChunkReader {
         let offset = self.offset + u64::from(at);
         let last = at + n == self.len;
         let expected = self.expected;
-        let (data, hasher, ok) = blocking(move || {
+        let (data, hasher, ok, file) = blocking(move || {
+            let file = match file {
+                Some(f) => f,
+                None => Arc::new(ContentFile::open_read(&path, direct).map_err(io_err(&path))?),
+            };
             let data = file.read_at(offset, n as usize).map_err(io_err(&path))?;
             hasher.update(&data);
             let ok = !last || hasher.finalize() == expected;
-            Ok((data, hasher, ok))
+            Ok((data, hasher, ok, file))
         })
         .await?;
         if !ok {
             return Err(store.drop_corrupt(&self.pkg, self.chunk));
         }
         self.hasher = Some(hasher);
+        self.file = Some(file);
         self.read += n;
         Ok(Some((at, data)))
     }
@@ -183,14 +196,11 @@ impl Store {
             pkg: pkg.clone(),
             chunk,
         };
-        let p = path.clone();
-        let direct = self.direct_io();
-        let file =
-            blocking(move || ContentFile::open_write(&p, direct).map_err(io_err(&p))).await?;
         Ok(Some(ChunkWriter {
             claim,
             path,
-            file: Arc::new(file),
+            file: None,
+            direct: self.direct_io() && !pkg.in_small_file(chunk),
             offset,
             len,
             written: 0,
@@ -237,7 +247,7 @@ impl Store {
             chunk,
             path,
             file: None,
-            direct: self.direct_io(),
+            direct: self.direct_io() && !pkg.in_small_file(chunk),
             offset,
             len,
             read: 0,
