@@ -109,9 +109,24 @@ fn limit(ns: &str, dev: &str, rate: &str) -> Result<(), String> {
     )
 }
 
-/// Makes namespace `ns` with a bridge `br0` (multicast snooping, STP off).
+/// Makes namespace `ns` with a bridge `br0` (multicast snooping, STP off,
+/// and no firewall on bridged frames).
 fn add_bridge(ns: &str) -> Result<(), String> {
     ip(&["-n", ns, "link", "set", "lo", "up"])?;
+    // Where `br_netfilter` is loaded (Docker loads it), every bridged frame
+    // also passes the IP firewall hooks, per packet on the shared cores; a
+    // switch does no such thing. The keys are missing where the module is
+    // not loaded, and then there is nothing to turn off.
+    let _ = in_ns(
+        ns,
+        &[
+            "sysctl",
+            "-qw",
+            "net.bridge.bridge-nf-call-iptables=0",
+            "net.bridge.bridge-nf-call-ip6tables=0",
+            "net.bridge.bridge-nf-call-arptables=0",
+        ],
+    );
     ip(&["-n", ns, "link", "add", "br0", "type", "bridge"])?;
     ip(&[
         "-n",
