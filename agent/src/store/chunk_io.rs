@@ -180,6 +180,18 @@ impl ChunkReader {
 }
 
 impl Store {
+    /// Does `chunk` bypass the page cache? Where direct I/O is on, unless
+    /// its file is shorter than [`DIRECT_MIN`].
+    fn direct_for(&self, pkg: &Package, chunk: u32) -> bool {
+        let small_file = pkg
+            .manifest
+            .chunks
+            .get(chunk as usize)
+            .and_then(|c| pkg.manifest.files.get(c.file as usize))
+            .is_some_and(|f| f.size() < u64::from(DIRECT_MIN));
+        self.direct_io() && !small_file
+    }
+
     /// Claims `chunk` for writing in place. `None` when it is held already
     /// or another request is writing it.
     pub async fn begin_chunk(
@@ -200,7 +212,7 @@ impl Store {
             claim,
             path,
             file: None,
-            direct: self.direct_io() && !pkg.in_small_file(chunk),
+            direct: self.direct_for(pkg, chunk),
             offset,
             len,
             written: 0,
@@ -247,7 +259,7 @@ impl Store {
             chunk,
             path,
             file: None,
-            direct: self.direct_io() && !pkg.in_small_file(chunk),
+            direct: self.direct_for(pkg, chunk),
             offset,
             len,
             read: 0,

@@ -207,15 +207,6 @@ impl Package {
         );
         Ok((path, c.offset, c.length, c.hash))
     }
-
-    /// Is `chunk` part of a file shorter than [`chunk_io::DIRECT_MIN`]?
-    fn in_small_file(&self, chunk: u32) -> bool {
-        self.manifest
-            .chunks
-            .get(chunk as usize)
-            .and_then(|c| self.manifest.files.get(c.file as usize))
-            .is_some_and(|f| f.size() < u64::from(chunk_io::DIRECT_MIN))
-    }
 }
 
 /// The store of one agent.
