@@ -347,3 +347,66 @@ fn keys_round_trip_through_their_file_forms() {
     assert!("ed25519:zz".parse::<shoal_proto::PublicKey>().is_err());
     assert!(PublisherKey::from_pem("not a key").is_err());
 }
+
+/// `sample` plus three small files after it: files[4] d/m (3 bytes),
+/// files[5] d/n (empty), files[6] d/o (5 bytes).
+fn with_small_files(k: &PublisherKey) -> Manifest {
+    let mut m = sample(k);
+    m.files
+        .extend([file("d/m", 3), file("d/n", 0), file("d/o", 5)]);
+    m.total_size += 8;
+    m
+}
+
+#[test]
+fn packed_chunk_of_whole_files_is_valid() {
+    let mut m = with_small_files(&key());
+    // a.bin's chunks stay its own; m and o share one, stepping over the
+    // empty file between them.
+    m.chunks.push(chunk(4, 0, 8));
+    m.validate().expect("whole files packed");
+    let spans: Vec<_> = m
+        .spans(2)
+        .map(|s| (s.file, s.offset, s.len, s.at))
+        .collect();
+    assert_eq!(spans, vec![(4, 0, 3, 0), (6, 0, 5, 3)]);
+    let spans: Vec<_> = m
+        .spans(1)
+        .map(|s| (s.file, s.offset, s.len, s.at))
+        .collect();
+    assert_eq!(spans, vec![(1, 6, 4, 0)]);
+    assert_eq!(m.spans(3).count(), 0, "no such chunk");
+    let back = Manifest::decode(&m.encode().expect("valid")).expect("decodes");
+    assert_eq!(back, m);
+}
+
+#[test]
+fn packed_chunk_across_a_split_file_is_refused() {
+    let mut m = with_small_files(&key());
+    // From the middle of a.bin on into m: only whole files may be packed.
+    m.chunks = vec![chunk(1, 0, 6), chunk(1, 6, 7), chunk(6, 0, 5)];
+    let e = refused(&m);
+    assert!(
+        e.contains("chunks[1]") && e.contains("beyond the file's size 10"),
+        "{e}"
+    );
+}
+
+#[test]
+fn packed_chunk_ending_inside_a_file_is_refused() {
+    let mut m = with_small_files(&key());
+    m.chunks.push(chunk(4, 0, 6));
+    let e = refused(&m);
+    assert!(
+        e.contains("chunks[2]") && e.contains("ends 3 bytes into \"d/o\""),
+        "{e}"
+    );
+}
+
+#[test]
+fn packed_chunk_past_the_last_file_is_refused() {
+    let mut m = with_small_files(&key());
+    m.chunks.push(chunk(4, 0, 9));
+    let e = refused(&m);
+    assert!(e.contains("chunks[2]") && e.contains("beyond"), "{e}");
+}

@@ -189,3 +189,71 @@ fn bad_name_is_refused_before_hashing() {
     let e = create_manifest(dir.path(), &o, &()).expect_err("refused");
     assert!(e.to_string().contains("package name \"has space\""), "{e}");
 }
+
+#[test]
+fn fixed_chunking_packs_small_files_and_verify_names_the_pack() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().join("pkg");
+    fs::create_dir_all(root.join("notes")).expect("mkdir");
+    // 40 files of 10 KiB to 49 KiB, then one of 600 KiB, between them a
+    // file exactly one chunk long.
+    let mut small = 0u64;
+    for i in 0..40u64 {
+        let len = (10 + i) << 10;
+        small += len;
+        write_random(
+            &root.join(format!("notes/{i:02}.txt")),
+            len as usize,
+            &i.to_le_bytes(),
+        );
+    }
+    write_random(&root.join("notes/20-exact.bin"), 256 << 10, b"exact");
+    write_random(&root.join("video.bin"), 600 << 10, b"video");
+    let key = PublisherKey::generate().expect("key");
+    let fixed = ChunkingSpec::fixed(256 << 10).expect("valid");
+    let m = create_manifest(&root, &opts(&key, fixed), &()).expect("creates");
+    m.validate().expect("valid");
+    assert!(m.chunks.iter().all(|c| c.length <= 256 << 10));
+    let packed = (0..m.chunks.len())
+        .filter(|&c| m.spans(c).count() > 1)
+        .count();
+    // 1.2 MiB of small files in 256 KiB chunks: at least 5 packs, and far
+    // fewer chunks than files.
+    assert!(packed >= 5, "{packed} packed chunks");
+    assert!(
+        m.chunks.len() < 20,
+        "{} chunks for 42 files",
+        m.chunks.len()
+    );
+    let covered: u64 = (0..m.chunks.len())
+        .flat_map(|c| m.spans(c).collect::<Vec<_>>())
+        .map(|s| u64::from(s.len))
+        .sum();
+    assert_eq!(covered, small + (256 << 10) + (600 << 10));
+    assert!(
+        verify_content(&m, &root, 2, &())
+            .expect("checks")
+            .problems
+            .is_empty()
+    );
+
+    // Content-defined chunking keeps every file apart.
+    let cdc = ChunkingSpec::cdc(64 << 10).expect("valid");
+    let mc = create_manifest(&root, &opts(&key, cdc), &()).expect("creates");
+    assert!((0..mc.chunks.len()).all(|c| mc.spans(c).count() == 1));
+
+    // A flipped byte in a packed file: the pack is named by its first file.
+    let victim = root.join("notes/05.txt");
+    let mut data = fs::read(&victim).expect("read");
+    data[100] ^= 1;
+    fs::write(&victim, data).expect("write");
+    let report = verify_content(&m, &root, 2, &()).expect("checks");
+    let [ContentProblem::ChunkMismatch { path, chunk, .. }] = report.problems.as_slice() else {
+        panic!("one mismatch expected: {:?}", report.problems);
+    };
+    assert!(
+        m.spans(*chunk)
+            .any(|s| m.files[s.file as usize].path == "notes/05.txt")
+    );
+    assert!(path.contains("more files packed with it"), "{path}");
+}

@@ -231,3 +231,116 @@ async fn chunks_claimed_at_restart_are_held_until_reverified_and_dropped_if_bad(
             .is_empty()
     );
 }
+
+/// Small files share chunks (fixed chunking packs them): a packed chunk is
+/// written and read in pieces that cross file boundaries, lands in every
+/// file, and a byte rotted in any one of its files drops the whole chunk.
+#[tokio::test]
+async fn packed_chunks_of_small_files_round_trip_and_rot_as_one() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let pki = Pki::new();
+    let content = work.path().join("content");
+    std::fs::create_dir_all(content.join("notes")).expect("mkdir");
+    for i in 0..30u64 {
+        // 5 KiB to 95 KiB: both sides of the 64 KiB direct-I/O line.
+        let len = 5 * 1024 + i * 3 * 1024 + i;
+        write_random(
+            &content.join(format!("notes/{i:02}")),
+            len,
+            &i.to_le_bytes(),
+        );
+    }
+    write_random(&content.join("zz.bin"), (CHUNK + 1000) as u64, b"tail");
+    let signed = pki.package(
+        &content,
+        "lab/packed",
+        ChunkingSpec::fixed(256 << 10).expect("valid"),
+    );
+    let mut trusted = TrustedKeys::new();
+    trusted.insert(pki.publisher.public());
+    let verified = signed.verify(&trusted).expect("verify");
+    let store = Store::open(&work.path().join("data"), 0)
+        .await
+        .expect("open");
+    let pkg = store
+        .add_download(&verified, 0, false)
+        .await
+        .expect("admit");
+    let m = &pkg.manifest;
+    let packed: Vec<usize> = (0..m.chunks.len())
+        .filter(|&c| m.spans(c).count() > 1)
+        .collect();
+    assert!(packed.len() >= 3, "{} packed chunks", packed.len());
+
+    // Every chunk, in 7 KiB pieces, from the source files.
+    for c in 0..m.chunks.len() {
+        let mut bytes = Vec::new();
+        for s in m.spans(c) {
+            let data = std::fs::read(content.join(&m.files[s.file as usize].path)).expect("read");
+            bytes.extend_from_slice(&data[s.offset as usize..s.offset as usize + s.len as usize]);
+        }
+        let mut w = store
+            .begin_chunk(&pkg, c as u32)
+            .await
+            .expect("begin")
+            .expect("claim");
+        for piece in bytes.chunks(7 << 10) {
+            w.write(Bytes::copy_from_slice(piece)).await.expect("write");
+        }
+        assert_eq!(
+            store.finish_chunk(w).await.expect("finish"),
+            ChunkOutcome::Stored,
+            "chunk {c}"
+        );
+    }
+    for f in m.files.iter().filter(|f| f.size() > 0) {
+        assert_eq!(
+            std::fs::read(pkg.root().join(&f.path)).expect("read"),
+            std::fs::read(content.join(&f.path)).expect("read"),
+            "{}",
+            f.path
+        );
+    }
+
+    // A packed chunk reads back whole, in pieces crossing its files.
+    let c = packed[1];
+    let mut r = store.chunk_reader(&pkg, c as u32, 10_000).expect("reader");
+    let mut out = Vec::new();
+    while let Some((offset, data)) = r.next_piece(&store).await.expect("piece") {
+        assert_eq!(offset as usize, out.len());
+        out.extend_from_slice(&data);
+    }
+    assert_eq!(out.len(), m.chunks[c].length as usize);
+    assert_eq!(blake3::hash(&out), m.chunks[c].hash);
+
+    // Rot in the pack's last file: not served whole, dropped.
+    let last = m.spans(c).last().expect("spans");
+    flip_byte(&pkg.root().join(&m.files[last.file as usize].path), 3);
+    let mut r = store.chunk_reader(&pkg, c as u32, 10_000).expect("reader");
+    let err = loop {
+        match r.next_piece(&store).await {
+            Ok(Some(_)) => {}
+            Ok(None) => panic!("a corrupt packed chunk was served whole"),
+            Err(e) => break e,
+        }
+    };
+    assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
+    assert!(!pkg.has_chunk(c as u32));
+
+    // Rot in another pack's first file, found by re-verification after a
+    // restart.
+    let d = packed[0];
+    let first = m.spans(d).next().expect("spans");
+    let victim = pkg.root().join(&m.files[first.file as usize].path);
+    store.save_dirty().expect("save");
+    drop(pkg);
+    drop(store);
+    flip_byte(&victim, 1);
+    let store = Store::open(&work.path().join("data"), 0)
+        .await
+        .expect("reopen");
+    let pkg = store.list().into_iter().next().expect("restored");
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let dropped = store.verify_restored(&pkg, &cancel).await.expect("verify");
+    assert_eq!(dropped, vec![d as u32]);
+}

@@ -433,8 +433,12 @@ fn inspect(a: InspectArgs, out: Output) -> Result<u8, CliError> {
     if a.chunks {
         println!("  chunks:");
         for (i, c) in m.chunks.iter().enumerate() {
+            let packed = match m.spans(i).count() {
+                0 | 1 => String::new(),
+                n => format!(" and {} more files packed with it", n - 1),
+            };
             println!(
-                "    {i:>6}  {}  {:>12} +{:<9} {}",
+                "    {i:>6}  {}  {:>12} +{:<9} {}{packed}",
                 &c.hash.to_hex()[..16],
                 c.offset,
                 c.length,

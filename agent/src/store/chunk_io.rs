@@ -13,15 +13,17 @@
 //! piece until the whole chunk has matched, so a chunk rotted on disk ends
 //! in an error rather than reaching the peer complete.
 //!
-//! Both open their file in the same blocking call as their first piece:
-//! a chunk of a small file is one piece, and a hand-off to the blocking
-//! pool per open as well as per piece doubled the thread wake-ups of a
-//! package of thousands of small files.
+//! Both open a file in the same blocking call as the first piece that
+//! touches it: a chunk of a small file is one piece, and a hand-off to the
+//! blocking pool per open as well as per piece doubled the thread wake-ups
+//! of a package of thousands of small files. A packed chunk (whole small
+//! files sharing one chunk, see [`shoal_proto::manifest::Manifest::spans`])
+//! is one [`Region`] per file; each file is closed once its region is done.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 
 use super::direct::{AlignedBuf, ContentFile};
 use super::{Package, Store, StoreError, blocking, io_err};
@@ -40,11 +42,9 @@ pub const DIRECT_MIN: u32 = 64 << 10;
 #[derive(Debug)]
 pub struct ChunkWriter {
     claim: Claim,
-    path: PathBuf,
-    /// Opened with the first piece.
-    file: Option<Arc<ContentFile>>,
-    direct: bool,
-    offset: u64,
+    regions: Arc<[Region]>,
+    /// The file of the region being written, opened with its first piece.
+    open: Option<OpenFile>,
     len: u32,
     written: u32,
     hasher: Option<Box<blake3::Hasher>>,
@@ -90,25 +90,87 @@ impl ChunkWriter {
             Some(b) if b.capacity() >= data.len() => b,
             _ => AlignedBuf::new(data.len().max(super::direct::POOLED_LEN)),
         };
-        let (file, path, direct) = (self.file.clone(), self.path.clone(), self.direct);
-        let at = self.offset + u64::from(self.written);
+        let (regions, mut open) = (self.regions.clone(), self.open.take());
+        let at = self.written;
         let n = data.len() as u32;
-        let (hasher, scratch, file) = blocking(move || {
-            let file = match file {
-                Some(f) => f,
-                None => Arc::new(ContentFile::open_write(&path, direct).map_err(io_err(&path))?),
-            };
+        let (hasher, scratch, open) = blocking(move || {
             hasher.update(&data);
-            file.write_at(&data, at, &mut scratch)
-                .map_err(io_err(&path))?;
-            Ok((hasher, scratch, file))
+            for (r, (from, to)) in pieces(&regions, at, n) {
+                let region = &regions[r];
+                let file = open_region(&mut open, r, region, ContentFile::open_write)?;
+                let bytes = &data[(from - at) as usize..(to - at) as usize];
+                file.write_at(
+                    bytes,
+                    region.offset + u64::from(from - region.at),
+                    &mut scratch,
+                )
+                .map_err(io_err(&region.path))?;
+                if to == region.end() {
+                    open = None;
+                }
+            }
+            Ok((hasher, scratch, open))
         })
         .await?;
         self.hasher = Some(hasher);
         self.scratch = Some(scratch);
-        self.file = Some(file);
+        self.open = open;
         self.written += n;
         Ok(())
+    }
+}
+
+/// One file's part of a chunk: all of a chunk but in a packed one.
+#[derive(Debug)]
+pub(super) struct Region {
+    pub path: PathBuf,
+    /// Where in the file.
+    pub offset: u64,
+    pub len: u32,
+    /// Where in the chunk.
+    pub at: u32,
+    /// Bypasses the page cache (see [`DIRECT_MIN`]).
+    pub direct: bool,
+}
+
+impl Region {
+    fn end(&self) -> u32 {
+        self.at + self.len
+    }
+}
+
+/// A region's file, open for the piece that continues it.
+#[derive(Debug)]
+struct OpenFile {
+    region: usize,
+    file: ContentFile,
+}
+
+/// The regions bytes `[at, at + n)` of a chunk touch, with the part of
+/// each (chunk offsets, end exclusive).
+fn pieces(regions: &[Region], at: u32, n: u32) -> impl Iterator<Item = (usize, (u32, u32))> + '_ {
+    let end = at + n;
+    regions
+        .iter()
+        .enumerate()
+        .filter(move |(_, r)| r.at < end && r.end() > at)
+        .map(move |(i, r)| (i, (r.at.max(at), r.end().min(end))))
+}
+
+/// Region `r`'s file: the open one if it is that region's, else opened.
+fn open_region<'a>(
+    open: &'a mut Option<OpenFile>,
+    r: usize,
+    region: &Region,
+    how: fn(&std::path::Path, bool) -> std::io::Result<ContentFile>,
+) -> Result<&'a ContentFile, StoreError> {
+    if open.as_ref().is_none_or(|o| o.region != r) {
+        let file = how(&region.path, region.direct).map_err(io_err(&region.path))?;
+        *open = Some(OpenFile { region: r, file });
+    }
+    match open {
+        Some(o) => Ok(&o.file),
+        None => Err(StoreError::Internal("region file not open".into())),
     }
 }
 
@@ -130,10 +192,8 @@ impl Drop for Claim {
 pub struct ChunkReader {
     pkg: Arc<Package>,
     chunk: u32,
-    path: PathBuf,
-    file: Option<Arc<ContentFile>>,
-    direct: bool,
-    offset: u64,
+    regions: Arc<[Region]>,
+    open: Option<OpenFile>,
     len: u32,
     read: u32,
     piece: u32,
@@ -150,48 +210,96 @@ impl ChunkReader {
         }
         let at = self.read;
         let n = self.piece.min(self.len - at);
-        let (path, file, direct) = (self.path.clone(), self.file.clone(), self.direct);
         let mut hasher = self
             .hasher
             .take()
             .ok_or_else(|| StoreError::Internal("chunk reader used after an error".into()))?;
-        let offset = self.offset + u64::from(at);
+        let (regions, mut open) = (self.regions.clone(), self.open.take());
         let last = at + n == self.len;
         let expected = self.expected;
-        let (data, hasher, ok, file) = blocking(move || {
-            let file = match file {
-                Some(f) => f,
-                None => Arc::new(ContentFile::open_read(&path, direct).map_err(io_err(&path))?),
-            };
-            let data = file.read_at(offset, n as usize).map_err(io_err(&path))?;
+        let (data, hasher, ok, open) = blocking(move || {
+            let parts: Vec<_> = pieces(&regions, at, n).collect();
+            let mut out = BytesMut::with_capacity(if parts.len() > 1 { n as usize } else { 0 });
+            let mut data = Bytes::new();
+            for &(r, (from, to)) in &parts {
+                let region = &regions[r];
+                let file = open_region(&mut open, r, region, ContentFile::open_read)?;
+                let offset = region.offset + u64::from(from - region.at);
+                let len = (to - from) as usize;
+                if parts.len() == 1 {
+                    // The usual case: one file, no copy.
+                    data = file.read_at(offset, len).map_err(io_err(&region.path))?;
+                } else {
+                    let start = out.len();
+                    out.resize(start + len, 0);
+                    file.read_exact_at(&mut out[start..], offset)
+                        .map_err(io_err(&region.path))?;
+                }
+                if to == region.end() {
+                    open = None;
+                }
+            }
+            if parts.len() > 1 {
+                data = out.freeze();
+            }
+            if data.len() != n as usize {
+                return Err(StoreError::Internal(format!(
+                    "read {} of {n} bytes of a chunk",
+                    data.len()
+                )));
+            }
             hasher.update(&data);
             let ok = !last || hasher.finalize() == expected;
-            Ok((data, hasher, ok, file))
+            Ok((data, hasher, ok, open))
         })
         .await?;
         if !ok {
             return Err(store.drop_corrupt(&self.pkg, self.chunk));
         }
         self.hasher = Some(hasher);
-        self.file = Some(file);
+        self.open = open;
         self.read += n;
         Ok(Some((at, data)))
     }
 }
 
-impl Store {
-    /// Does `chunk` bypass the page cache? Where direct I/O is on, unless
-    /// its file is shorter than [`DIRECT_MIN`].
-    fn direct_for(&self, pkg: &Package, chunk: u32) -> bool {
-        let small_file = pkg
-            .manifest
-            .chunks
-            .get(chunk as usize)
-            .and_then(|c| pkg.manifest.files.get(c.file as usize))
-            .is_some_and(|f| f.size() < u64::from(DIRECT_MIN));
-        self.direct_io() && !small_file
+/// Where `chunk` of `pkg` lives (one region per file), its length and its
+/// hash. With `direct_io`, regions of files of [`DIRECT_MIN`] bytes or more
+/// bypass the page cache.
+pub(super) fn regions(
+    pkg: &Package,
+    chunk: u32,
+    direct_io: bool,
+) -> Result<(Arc<[Region]>, u32, blake3::Hash), StoreError> {
+    let m = &pkg.manifest;
+    let c = m.chunks.get(chunk as usize).ok_or(StoreError::OutOfRange {
+        chunk,
+        count: m.chunks.len() as u32,
+    })?;
+    let regions: Arc<[Region]> = m
+        .spans(chunk as usize)
+        .map(|s| {
+            let file = s.file as usize;
+            Region {
+                path: super::files::entry_path(&pkg.root, pkg.root_is_file, m, file),
+                offset: s.offset,
+                len: s.len,
+                at: s.at,
+                direct: direct_io && m.files[file].size() >= u64::from(DIRECT_MIN),
+            }
+        })
+        .collect();
+    // A validated manifest's spans cover the chunk exactly.
+    if regions.last().map_or(0, Region::end) != c.length {
+        return Err(StoreError::Internal(format!(
+            "chunk {chunk}'s files do not cover its {} bytes",
+            c.length
+        )));
     }
+    Ok((regions, c.length, c.hash))
+}
 
+impl Store {
     /// Claims `chunk` for writing in place. `None` when it is held already
     /// or another request is writing it.
     pub async fn begin_chunk(
@@ -199,7 +307,7 @@ impl Store {
         pkg: &Arc<Package>,
         chunk: u32,
     ) -> Result<Option<ChunkWriter>, StoreError> {
-        let (path, offset, len, expected) = pkg.chunk_location(chunk)?;
+        let (regions, len, expected) = regions(pkg, chunk, self.direct_io())?;
         if pkg.has_chunk(chunk) || !pkg.claim(chunk) {
             return Ok(None);
         }
@@ -210,10 +318,8 @@ impl Store {
         };
         Ok(Some(ChunkWriter {
             claim,
-            path,
-            file: None,
-            direct: self.direct_for(pkg, chunk),
-            offset,
+            regions,
+            open: None,
             len,
             written: 0,
             hasher: Some(Box::default()),
@@ -250,17 +356,15 @@ impl Store {
         chunk: u32,
         piece: u32,
     ) -> Result<ChunkReader, StoreError> {
-        let (path, offset, len, expected) = pkg.chunk_location(chunk)?;
+        let (regions, len, expected) = regions(pkg, chunk, self.direct_io())?;
         if !pkg.has_chunk(chunk) {
             return Err(StoreError::NotHeld { chunk });
         }
         Ok(ChunkReader {
             pkg: pkg.clone(),
             chunk,
-            path,
-            file: None,
-            direct: self.direct_for(pkg, chunk),
-            offset,
+            regions,
+            open: None,
             len,
             read: 0,
             piece: piece.max(1),

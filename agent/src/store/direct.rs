@@ -189,6 +189,17 @@ impl ContentFile {
         Ok(())
     }
 
+    /// Fills `buf` from `offset`: buffered straight into it, direct
+    /// through an aligned buffer.
+    pub fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        if self.direct.is_some() {
+            let data = self.read_at(offset, buf.len())?;
+            buf.copy_from_slice(&data);
+            return Ok(());
+        }
+        files::read_at(&self.buffered, buf, offset)
+    }
+
     /// Reads `len` bytes at `offset`. Direct reads cover the enclosing
     /// blocks and hand out the part asked for without another copy.
     pub fn read_at(&self, offset: u64, len: usize) -> io::Result<Bytes> {

@@ -189,24 +189,6 @@ impl Package {
         self.lock_writing().remove(&chunk);
         self.claim_released.notify_waiters();
     }
-
-    fn chunk_location(&self, chunk: u32) -> Result<(PathBuf, u64, u32, blake3::Hash), StoreError> {
-        let c = self
-            .manifest
-            .chunks
-            .get(chunk as usize)
-            .ok_or(StoreError::OutOfRange {
-                chunk,
-                count: self.manifest.chunks.len() as u32,
-            })?;
-        let path = files::entry_path(
-            &self.root,
-            self.root_is_file,
-            &self.manifest,
-            c.file as usize,
-        );
-        Ok((path, c.offset, c.length, c.hash))
-    }
 }
 
 /// The store of one agent.
@@ -678,11 +660,15 @@ impl Store {
                 if stop.is_cancelled() {
                     return Ok((bad, claimed[k..].to_vec()));
                 }
-                let c = &p.manifest.chunks[i as usize];
-                let path = files::entry_path(&p.root, p.root_is_file, &p.manifest, c.file as usize);
-                match files::read_chunk(&path, c.offset, c.length) {
-                    Ok(data) if blake3::hash(&data) == c.hash => {}
-                    _ => bad.push(i),
+                // Buffered: this runs once, at start-up.
+                let (regions, len, hash) = chunk_io::regions(&p, i, false)?;
+                let mut data = Vec::with_capacity(len as usize);
+                let read = regions.iter().try_for_each(|r| {
+                    data.extend_from_slice(&files::read_chunk(&r.path, r.offset, r.len)?);
+                    Ok::<_, std::io::Error>(())
+                });
+                if read.is_err() || blake3::hash(&data) != hash {
+                    bad.push(i);
                 }
             }
             Ok((bad, Vec::new()))

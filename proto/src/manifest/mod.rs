@@ -83,14 +83,65 @@ impl FileEntry {
     }
 }
 
-/// A run of bytes of one file and its hash.
+/// A run of bytes and its hash: part of one file, or (packed) whole
+/// consecutive small files, starting with [`file`](Self::file).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ChunkRef {
-    /// Index into [`Manifest::files`].
+    /// Index into [`Manifest::files`] of the file the chunk starts in.
     pub file: u32,
     pub offset: u64,
     pub length: u32,
     pub hash: blake3::Hash,
+}
+
+/// The part of one file a chunk covers: see [`Manifest::spans`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Span {
+    /// Index into [`Manifest::files`].
+    pub file: u32,
+    /// Where in the file.
+    pub offset: u64,
+    pub len: u32,
+    /// Where in the chunk.
+    pub at: u32,
+}
+
+/// Iterator over a chunk's [`Span`]s, in order.
+#[derive(Debug, Clone)]
+pub struct Spans<'a> {
+    files: &'a [FileEntry],
+    next: usize,
+    offset: u64,
+    at: u32,
+    left: u32,
+}
+
+impl Iterator for Spans<'_> {
+    type Item = Span;
+
+    fn next(&mut self) -> Option<Span> {
+        while self.left > 0 {
+            let f = self.files.get(self.next)?;
+            let i = self.next;
+            let offset = std::mem::take(&mut self.offset);
+            self.next += 1;
+            let avail = f.size().saturating_sub(offset);
+            if avail == 0 {
+                continue;
+            }
+            let len = avail.min(u64::from(self.left)) as u32;
+            let at = self.at;
+            self.at += len;
+            self.left -= len;
+            return Some(Span {
+                file: i as u32,
+                offset,
+                len,
+                at,
+            });
+        }
+        None
+    }
 }
 
 /// A package description. Construct it freely; [`Manifest::encode`] and
@@ -105,7 +156,8 @@ pub struct Manifest {
     pub total_size: u64,
     /// Sorted by path, byte order.
     pub files: Vec<FileEntry>,
-    /// Sorted by (file, offset); per file they tile `[0, size)`.
+    /// Sorted by (file, offset); together they tile every file's
+    /// `[0, size)` in file order (see [`Manifest::spans`]).
     pub chunks: Vec<ChunkRef>,
     pub labels: BTreeMap<String, String>,
 }
@@ -151,6 +203,23 @@ impl Manifest {
     /// Byte range of file `file` that chunk `index` covers, if it exists.
     pub fn chunk(&self, index: usize) -> Option<&ChunkRef> {
         self.chunks.get(index)
+    }
+
+    /// The files chunk `index` covers and where: one span, or one per file
+    /// of a packed chunk. Empty when there is no such chunk. On a manifest
+    /// that failed validation the spans may fall short of the chunk.
+    pub fn spans(&self, index: usize) -> Spans<'_> {
+        let (next, offset, left) = match self.chunks.get(index) {
+            Some(c) => (c.file as usize, c.offset, c.length),
+            None => (self.files.len(), 0, 0),
+        };
+        Spans {
+            files: &self.files,
+            next,
+            offset,
+            at: 0,
+            left,
+        }
     }
 
     fn to_pb(&self) -> pb::Manifest {

@@ -243,96 +243,126 @@ impl Manifest {
         Ok(())
     }
 
+    /// Chunks tile the files' bytes in order: each starts where the one
+    /// before ended, within one file, except that a chunk starting at a
+    /// file's offset 0 may carry on through whole following files (small
+    /// files packed into one chunk). Directories, symlinks and empty files
+    /// hold no bytes and are stepped over.
     fn validate_chunks(&self) -> Result<(), ManifestError> {
-        // One pass over files in order, consuming their chunks.
-        let mut next = 0usize;
-        for (fi, f) in self.files.iter().enumerate() {
-            let size = f.size();
-            let mut covered = 0u64;
-            while let Some(c) = self.chunks.get(next) {
-                if (c.file as usize) < fi {
-                    // Either unsorted or pointing at a non-file entry we already passed.
-                    let reason = if (c.file as usize) < self.files.len()
-                        && !matches!(self.files[c.file as usize].kind, EntryKind::File { .. })
-                    {
-                        format!(
-                            "belongs to files[{}] {:?}, which is a {}, not a regular file",
-                            c.file,
-                            self.files[c.file as usize].path,
-                            self.files[c.file as usize].kind.name()
-                        )
-                    } else {
-                        "out of order; chunks must be sorted by (file, offset)".to_owned()
-                    };
-                    return Err(ManifestError::BadChunk {
-                        index: next,
-                        reason,
-                    });
-                }
-                if c.file as usize != fi {
-                    break;
-                }
-                if !matches!(f.kind, EntryKind::File { .. }) {
-                    return Err(ManifestError::BadChunk {
-                        index: next,
-                        reason: format!(
-                            "belongs to files[{fi}] {:?}, which is a {}, not a regular file",
-                            f.path,
-                            f.kind.name()
-                        ),
-                    });
-                }
-                if c.length == 0 || c.length > MAX_CHUNK_LEN {
-                    return Err(ManifestError::BadChunk {
-                        index: next,
-                        reason: format!("length {} must be 1..={MAX_CHUNK_LEN}", c.length),
-                    });
-                }
-                if c.offset < covered {
-                    return Err(ManifestError::ChunkOverlap {
-                        index: next,
-                        path: f.path.clone(),
-                        offset: c.offset,
-                        expected: covered,
-                    });
-                }
-                if c.offset > covered {
-                    return Err(ManifestError::ChunkGap {
-                        index: next,
-                        path: f.path.clone(),
-                        offset: c.offset,
-                        expected: covered,
-                    });
-                }
-                let end = c.offset.saturating_add(u64::from(c.length));
-                if end > size {
-                    return Err(ManifestError::ChunkBeyondEnd {
-                        index: next,
-                        path: f.path.clone(),
-                        end,
-                        size,
-                    });
-                }
-                covered = end;
-                next += 1;
+        // Files with bytes, in order; `r` is the one the next chunk starts
+        // in and `covered` how much of it is covered already.
+        let data: Vec<usize> = (0..self.files.len())
+            .filter(|&i| self.files[i].size() > 0)
+            .collect();
+        let (mut r, mut covered) = (0usize, 0u64);
+        for (ci, c) in self.chunks.iter().enumerate() {
+            let bad = |reason: String| ManifestError::BadChunk { index: ci, reason };
+            let cf = c.file as usize;
+            let Some(named) = self.files.get(cf) else {
+                return Err(bad(format!(
+                    "names file index {}, but the package has {} entries",
+                    c.file,
+                    self.files.len()
+                )));
+            };
+            if !matches!(named.kind, EntryKind::File { .. }) {
+                return Err(bad(format!(
+                    "belongs to files[{cf}] {:?}, which is a {}, not a regular file",
+                    named.path,
+                    named.kind.name()
+                )));
             }
-            if covered != size {
+            if c.length == 0 || c.length > MAX_CHUNK_LEN {
+                return Err(bad(format!(
+                    "length {} must be 1..={MAX_CHUNK_LEN}",
+                    c.length
+                )));
+            }
+            let Some(&fi) = data.get(r) else {
+                return Err(bad(
+                    "comes after chunks that already cover every file".into()
+                ));
+            };
+            let f = &self.files[fi];
+            if cf < fi {
+                return Err(bad(
+                    "out of order; chunks must be sorted by (file, offset)".to_owned()
+                ));
+            }
+            if cf > fi {
                 return Err(ManifestError::FileNotCovered {
                     index: fi,
                     path: f.path.clone(),
                     covered,
+                    size: f.size(),
+                });
+            }
+            if c.offset < covered {
+                return Err(ManifestError::ChunkOverlap {
+                    index: ci,
+                    path: f.path.clone(),
+                    offset: c.offset,
+                    expected: covered,
+                });
+            }
+            if c.offset > covered {
+                return Err(ManifestError::ChunkGap {
+                    index: ci,
+                    path: f.path.clone(),
+                    offset: c.offset,
+                    expected: covered,
+                });
+            }
+            let end = c.offset.saturating_add(u64::from(c.length));
+            let size = f.size();
+            if end < size {
+                covered = end;
+                continue;
+            }
+            r += 1;
+            covered = 0;
+            if end == size {
+                continue;
+            }
+            // A packed chunk: whole files only, from the first's start.
+            if c.offset != 0 {
+                return Err(ManifestError::ChunkBeyondEnd {
+                    index: ci,
+                    path: f.path.clone(),
+                    end,
                     size,
                 });
             }
+            let mut left = end - size;
+            while left > 0 {
+                let Some(&g) = data.get(r) else {
+                    return Err(ManifestError::ChunkBeyondEnd {
+                        index: ci,
+                        path: f.path.clone(),
+                        end,
+                        size,
+                    });
+                };
+                let next = &self.files[g];
+                if left < next.size() {
+                    return Err(bad(format!(
+                        "packs whole files from {:?} but ends {left} bytes into {:?} ({} bytes)",
+                        f.path,
+                        next.path,
+                        next.size()
+                    )));
+                }
+                left -= next.size();
+                r += 1;
+            }
         }
-        if let Some(c) = self.chunks.get(next) {
-            return Err(ManifestError::BadChunk {
-                index: next,
-                reason: format!(
-                    "names file index {}, but the package has {} entries",
-                    c.file,
-                    self.files.len()
-                ),
+        if let Some(&fi) = data.get(r) {
+            let f = &self.files[fi];
+            return Err(ManifestError::FileNotCovered {
+                index: fi,
+                path: f.path.clone(),
+                covered,
+                size: f.size(),
             });
         }
         Ok(())

@@ -62,32 +62,52 @@ pub fn create_manifest(
         .collect();
     let spec = opts.chunking;
 
+    // Fixed chunking packs files shorter than a chunk into shared chunks,
+    // as many whole files as fit: a course of thousands of small files
+    // then moves in about as many chunks as one file of the same size
+    // (each chunk costs a request entry, a frame, a hash and a disk
+    // operation on every host). Content-defined chunking keeps each file
+    // apart, so that an edit moves only the chunks around it.
+    let pack_below = match spec {
+        ChunkingSpec::Fixed { size } => u64::from(size),
+        ChunkingSpec::Cdc { .. } => 0,
+    };
     let (layout, hashes) = pipeline::hash_pieces(opts.threads, progress, |sink| {
         let mut layout: Vec<(u32, u64, u32)> = Vec::new();
+        let mut pack: Option<Pack> = None;
         for &(index, path, size) in &files {
             let io = |cause| CreateError::Io {
                 path: path.to_owned(),
                 cause,
             };
             let mut f = File::open(path).map_err(io)?;
+            if size < pack_below {
+                if pack.as_ref().is_some_and(|p| p.len + size > pack_below) {
+                    Pack::flush(&mut pack, &mut layout, sink, root)?;
+                }
+                let p = pack.get_or_insert_with(|| {
+                    let mut bytes = sink.buffer();
+                    bytes.clear();
+                    Pack {
+                        first: index,
+                        len: 0,
+                        bytes,
+                    }
+                });
+                let read = (&mut f).take(size).read_to_end(&mut p.bytes).map_err(io)? as u64;
+                p.len += read;
+                check_whole(&mut f, path, size, read)?;
+                continue;
+            }
+            Pack::flush(&mut pack, &mut layout, sink, root)?;
             let read = cut_stream(&mut f, spec, size, sink, |off, len| {
                 layout.push((index, off, len))
             })
             .map_err(io)?;
-            if read != size {
-                return Err(CreateError::Changed {
-                    path: path.to_owned(),
-                    detail: format!("expected {size} bytes, read {read}"),
-                });
-            }
-            if f.read(&mut [0u8; 1]).map_err(io)? != 0 {
-                return Err(CreateError::Changed {
-                    path: path.to_owned(),
-                    detail: format!("grew past {size} bytes"),
-                });
-            }
+            check_whole(&mut f, path, size, read)?;
         }
-        Ok(layout)
+        Pack::flush(&mut pack, &mut layout, sink, root)?;
+        Ok::<_, CreateError>(layout)
     })?;
 
     let chunks = layout
@@ -122,4 +142,55 @@ pub fn create_manifest(
     };
     manifest.validate()?;
     Ok(manifest)
+}
+
+/// Small files being packed into one chunk.
+struct Pack {
+    /// Manifest index of the first.
+    first: u32,
+    len: u64,
+    bytes: Vec<u8>,
+}
+
+impl Pack {
+    /// Ends the pack in `pack`, if any: its chunk joins the layout and its
+    /// bytes go to be hashed.
+    fn flush(
+        pack: &mut Option<Pack>,
+        layout: &mut Vec<(u32, u64, u32)>,
+        sink: &mut pipeline::PieceSink,
+        root: &Path,
+    ) -> Result<(), CreateError> {
+        if let Some(p) = pack.take() {
+            // At most one chunk size long: only files that fit join.
+            layout.push((p.first, 0, p.len as u32));
+            sink.submit(p.bytes).map_err(|cause| CreateError::Io {
+                path: root.to_owned(),
+                cause,
+            })?;
+        }
+        Ok(())
+    }
+}
+
+/// Fails unless `read` bytes were all of `f`, which was `size` bytes
+/// when scanned.
+fn check_whole(f: &mut File, path: &Path, size: u64, read: u64) -> Result<(), CreateError> {
+    if read != size {
+        return Err(CreateError::Changed {
+            path: path.to_owned(),
+            detail: format!("expected {size} bytes, read {read}"),
+        });
+    }
+    let grew = f.read(&mut [0u8; 1]).map_err(|cause| CreateError::Io {
+        path: path.to_owned(),
+        cause,
+    })?;
+    if grew != 0 {
+        return Err(CreateError::Changed {
+            path: path.to_owned(),
+            detail: format!("grew past {size} bytes"),
+        });
+    }
+    Ok(())
 }

@@ -233,33 +233,39 @@ pub fn verify_content(
         }
     }
 
-    // Hash the chunks of every file whose size matched, in manifest order:
-    // each file is read once, front to back.
+    // Hash the chunks whose files all matched in size, in manifest order:
+    // each file is read once, front to back (a packed chunk holds whole
+    // files, so no file is split between a packed chunk and others).
     let jobs: Vec<usize> = (0..manifest.chunks.len())
-        .filter(|&c| hash_files.contains(&(manifest.chunks[c].file as usize)))
+        .filter(|&c| {
+            manifest
+                .spans(c)
+                .all(|s| hash_files.contains(&(s.file as usize)))
+        })
         .collect();
     let (_, hashes) = pipeline::hash_pieces(threads, progress, |sink| {
         let mut open: Option<(u32, File, PathBuf)> = None;
         for &c in &jobs {
-            let chunk = &manifest.chunks[c];
-            if open.as_ref().is_none_or(|(f, _, _)| *f != chunk.file) {
-                let path = locate(&manifest.files[chunk.file as usize].path);
-                let file = File::open(&path).map_err(io(&path))?;
-                open = Some((chunk.file, file, path));
-            }
-            let Some((_, file, path)) = open.as_mut() else {
-                unreachable!("opened above")
-            };
             let mut buf = sink.buffer();
             buf.clear();
-            let n = file
-                .take(u64::from(chunk.length))
-                .read_to_end(&mut buf)
-                .map_err(io(path))?;
-            if n != chunk.length as usize {
-                return Err(VerifyContentError::Changed { path: path.clone() });
+            for span in manifest.spans(c) {
+                if open.as_ref().is_none_or(|(f, _, _)| *f != span.file) {
+                    let path = locate(&manifest.files[span.file as usize].path);
+                    let file = File::open(&path).map_err(io(&path))?;
+                    open = Some((span.file, file, path));
+                }
+                let Some((_, file, path)) = open.as_mut() else {
+                    unreachable!("opened above")
+                };
+                let n = file
+                    .take(u64::from(span.len))
+                    .read_to_end(&mut buf)
+                    .map_err(io(path))?;
+                if n != span.len as usize {
+                    return Err(VerifyContentError::Changed { path: path.clone() });
+                }
             }
-            sink.submit(buf).map_err(io(path))?;
+            sink.submit(buf).map_err(io(root))?;
         }
         Ok(())
     })?;
@@ -269,7 +275,7 @@ pub fn verify_content(
         report.bytes_hashed += u64::from(chunk.length);
         if *hash != chunk.hash {
             report.problems.push(ContentProblem::ChunkMismatch {
-                path: manifest.files[chunk.file as usize].path.clone(),
+                path: chunk_files(manifest, c),
                 chunk: c,
                 offset: chunk.offset,
                 length: chunk.length,
@@ -277,4 +283,19 @@ pub fn verify_content(
         }
     }
     Ok(report)
+}
+
+/// The file a chunk lies in, or for a packed chunk its first file and how
+/// many more it holds (one of them does not match; which, the chunk's hash
+/// cannot tell).
+fn chunk_files(manifest: &Manifest, chunk: usize) -> String {
+    let mut spans = manifest.spans(chunk);
+    let first = spans
+        .next()
+        .map(|s| manifest.files[s.file as usize].path.clone())
+        .unwrap_or_default();
+    match spans.count() {
+        0 => first,
+        more => format!("{first} (and {more} more files packed with it)"),
+    }
 }
