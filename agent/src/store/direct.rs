@@ -134,7 +134,8 @@ fn refused(e: &io::Error) -> bool {
 }
 
 impl ContentFile {
-    /// Opens a prepared content file for writing; `direct` asks for the
+    /// Opens a content file for writing (made if missing, see
+    /// [`files::prepare`]); `direct` asks for the
     /// page-cache bypass.
     pub fn open_write(path: &Path, direct: bool) -> io::Result<Self> {
         Ok(Self {

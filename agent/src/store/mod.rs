@@ -426,7 +426,8 @@ impl Store {
     }
 
     /// Admits a package to download: makes room under the quota, creates
-    /// and preallocates its files. Returns the existing entry if known.
+    /// its directories and preallocates its large files (small ones are
+    /// made by their first write). Returns the existing entry if known.
     pub async fn add_download(
         &self,
         verified: &VerifiedManifest,
