@@ -199,7 +199,7 @@ impl Agent {
             cancel.clone(),
         ));
 
-        // Large bitfields are saved in batches; this is their clock.
+        // Bitfields are saved in batches (store::pacing); this is their clock.
         let (store, stop) = (ctx.store.clone(), cancel.clone());
         tasks.spawn(async move {
             let mut tick = tokio::time::interval(crate::store::HAVE_SAVE_INTERVAL);
@@ -207,7 +207,11 @@ impl Agent {
                 tokio::select! {
                     _ = stop.cancelled() => return,
                     _ = tick.tick() => {
-                        if let Err(e) = store.save_dirty() {
+                        let saved = match store.save_due() {
+                            Ok(()) => store.sync_state().await,
+                            Err(e) => Err(e),
+                        };
+                        if let Err(e) = saved {
                             tracing::warn!("saving download state: {e}");
                         }
                     }

@@ -13,6 +13,7 @@ mod bitfield;
 mod chunk_io;
 mod direct;
 mod files;
+pub mod pacing;
 mod state;
 
 use std::collections::HashMap;
@@ -111,9 +112,8 @@ pub struct Package {
     root: PathBuf,
     root_is_file: bool,
     have: Mutex<Bitfield>,
-    /// The bitfield has chunks not yet saved to the state database.
-    have_dirty: std::sync::atomic::AtomicBool,
-    have_saved: Mutex<std::time::Instant>,
+    /// Chunks of the bitfield not yet saved to the state database.
+    unsaved: Mutex<pacing::Unsaved>,
     /// Chunks a [`ChunkWriter`] is writing right now.
     writing: Mutex<std::collections::HashSet<u32>>,
     claim_released: tokio::sync::Notify,
@@ -174,6 +174,10 @@ impl Package {
 
     fn lock_have(&self) -> std::sync::MutexGuard<'_, Bitfield> {
         self.have.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn lock_unsaved(&self) -> std::sync::MutexGuard<'_, pacing::Unsaved> {
+        self.unsaved.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn lock_writing(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<u32>> {
@@ -291,6 +295,7 @@ impl Store {
         have: Bitfield,
         record: PackageRecord,
     ) -> Arc<Package> {
+        let unsaved = pacing::Unsaved::new(manifest.total_size);
         let pkg = Arc::new(Package {
             id,
             manifest: Arc::new(manifest),
@@ -298,8 +303,7 @@ impl Store {
             root,
             root_is_file,
             have: Mutex::new(have),
-            have_dirty: false.into(),
-            have_saved: Mutex::new(std::time::Instant::now()),
+            unsaved: Mutex::new(unsaved),
             writing: Mutex::default(),
             claim_released: tokio::sync::Notify::new(),
             have_tx: broadcast::channel(HAVE_BACKLOG).0,
@@ -613,22 +617,26 @@ impl Store {
     }
 
     /// Marks a verified chunk held and tells watchers. The bitfield is
-    /// saved when [`HAVE_SAVE_INTERVAL`] has passed since the last save,
-    /// otherwise by the next [`Store::save_dirty`].
+    /// saved now if that is due (see [`pacing`]), otherwise by a later
+    /// [`Store::save_due`]; [`Store::sync_state`] makes saves durable.
     fn record_chunk(&self, pkg: &Package, chunk: u32) -> Result<bool, StoreError> {
         {
             let mut have = pkg.lock_have();
             if !have.set(chunk) {
                 return Ok(false);
             }
-            let mut saved = pkg.have_saved.lock().unwrap_or_else(|p| p.into_inner());
-            if have.is_complete() || saved.elapsed() >= HAVE_SAVE_INTERVAL {
+            let now = std::time::Instant::now();
+            let mut unsaved = pkg.lock_unsaved();
+            let len = pkg
+                .manifest
+                .chunks
+                .get(chunk as usize)
+                .map_or(0, |c| c.length);
+            unsaved.add(u64::from(len), now);
+            if have.is_complete() || unsaved.due(now) {
                 // Under the lock, so saves land in the order bits were set.
                 self.db.put_have(&pkg.id, have.as_bytes())?;
-                *saved = std::time::Instant::now();
-            } else {
-                pkg.have_dirty
-                    .store(true, std::sync::atomic::Ordering::Release);
+                unsaved.saved(now);
             }
         }
         let _ = pkg.have_tx.send(chunk);
@@ -688,19 +696,31 @@ impl Store {
         Ok(bad)
     }
 
-    /// Saves every bitfield with unsaved chunks. The agent calls this every
-    /// [`HAVE_SAVE_INTERVAL`] and at shutdown.
+    /// Saves the bitfields due to be saved (see [`pacing`]). The agent
+    /// calls this every [`HAVE_SAVE_INTERVAL`], then [`Store::sync_state`].
+    pub fn save_due(&self) -> Result<(), StoreError> {
+        self.save_where(|u, now| u.due(now))
+    }
+
+    /// Saves every bitfield with unsaved chunks, due or not (at shutdown).
     pub fn save_dirty(&self) -> Result<(), StoreError> {
+        self.save_where(|u, _| u.is_dirty())
+    }
+
+    fn save_where(
+        &self,
+        save: impl Fn(&pacing::Unsaved, std::time::Instant) -> bool,
+    ) -> Result<(), StoreError> {
         for pkg in self.list() {
-            if pkg
-                .have_dirty
-                .swap(false, std::sync::atomic::Ordering::AcqRel)
-            {
-                let have = pkg.lock_have();
-                self.db.put_have(&pkg.id, have.as_bytes())?;
-                *pkg.have_saved.lock().unwrap_or_else(|p| p.into_inner()) =
-                    std::time::Instant::now();
+            let now = std::time::Instant::now();
+            if !save(&pkg.lock_unsaved(), now) {
+                continue;
             }
+            // The bitfield's lock first, as in `record_chunk`.
+            let have = pkg.lock_have();
+            let mut unsaved = pkg.lock_unsaved();
+            self.db.put_have(&pkg.id, have.as_bytes())?;
+            unsaved.saved(now);
         }
         Ok(())
     }
@@ -794,6 +814,12 @@ impl Store {
             .await?;
         }
         Ok(())
+    }
+
+    /// Makes what was written to the state database since the last flush
+    /// durable; nothing to do (and no `fsync`) if nothing was.
+    pub async fn sync_state(&self) -> Result<(), StoreError> {
+        self.db.flush_if_written().await
     }
 
     pub async fn flush(&self) -> Result<(), StoreError> {

@@ -38,6 +38,8 @@ pub struct PackageRecord {
 #[derive(Debug, Clone)]
 pub struct StateDb {
     db: sled::Db,
+    /// Something was written since the last flush.
+    written: std::sync::Arc<std::sync::atomic::AtomicBool>,
     packages: sled::Tree,
     manifests: sled::Tree,
     have: sled::Tree,
@@ -52,9 +54,12 @@ impl StateDb {
     pub fn open(path: &std::path::Path) -> Result<Self, StoreError> {
         let db = sled::Config::new()
             .path(path)
-            // Bitfield writes are idempotent and re-verified on restart, so
-            // a short window of unflushed updates only costs refetches.
-            .flush_every_ms(Some(200))
+            // sled's flusher fsyncs its log on every cycle, written to or
+            // not: at 200 ms that was five fsyncs a second per agent, idle
+            // or busy. Writes are made durable by `flush_if_written` (the
+            // agent's save clock) and explicit flushes; the flusher stays
+            // for sled's own log clean-up.
+            .flush_every_ms(Some(5000))
             // Metadata only (records, bitfields): sled's 1 GiB default cache
             // would be most of an agent's memory for no gain.
             .cache_capacity(8 << 20)
@@ -66,6 +71,7 @@ impl StateDb {
             have: db.open_tree("have-1").map_err(db_err)?,
             names: db.open_tree("names-1").map_err(db_err)?,
             db,
+            written: Default::default(),
         })
     }
 
@@ -86,11 +92,13 @@ impl StateDb {
             )
             .map_err(db_err)?;
         self.packages.insert(id.as_bytes(), json).map_err(db_err)?;
+        self.mark_written();
         Ok(())
     }
 
     pub fn put_have(&self, id: &ContentId, bits: &[u8]) -> Result<(), StoreError> {
         self.have.insert(id.as_bytes(), bits).map_err(db_err)?;
+        self.mark_written();
         Ok(())
     }
 
@@ -106,6 +114,7 @@ impl StateDb {
         {
             self.names.remove(name_version).map_err(db_err)?;
         }
+        self.mark_written();
         Ok(())
     }
 
@@ -145,14 +154,35 @@ impl StateDb {
         Ok(out)
     }
 
+    /// After a write: the next [`StateDb::flush_if_written`] flushes.
+    fn mark_written(&self) {
+        self.written
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// [`StateDb::flush`] if anything was written since the last flush.
+    pub async fn flush_if_written(&self) -> Result<(), StoreError> {
+        if self.written.load(std::sync::atomic::Ordering::Acquire) {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
     /// Blocking `flush` on the blocking pool: sled 0.34's `flush_async`
     /// never returns when called concurrently (sled issue 1308).
     pub async fn flush(&self) -> Result<(), StoreError> {
+        // Cleared before: a write during the flush marks it again (writes
+        // mark after they land), so nothing is left unflushed unmarked.
+        self.written
+            .store(false, std::sync::atomic::Ordering::Release);
         let db = self.db.clone();
-        tokio::task::spawn_blocking(move || db.flush())
+        let flushed = tokio::task::spawn_blocking(move || db.flush())
             .await
-            .map_err(|e| StoreError::Internal(format!("flush task: {e}")))?
-            .map_err(db_err)?;
-        Ok(())
+            .map_err(|e| StoreError::Internal(format!("flush task: {e}")))
+            .and_then(|r| r.map_err(db_err));
+        if flushed.is_err() {
+            self.mark_written();
+        }
+        flushed.map(|_| ())
     }
 }
