@@ -37,11 +37,13 @@ const HAVE_BACKLOG: usize = 4096;
 /// Longest a buffered chunk waits for another request writing the same
 /// chunk; that request's own stall timeout ends it well before.
 const CLAIM_WAIT: std::time::Duration = std::time::Duration::from_secs(120);
-/// How often a changed bitfield is saved (see [`Store::save_dirty`]).
-/// Saving on every chunk bought nothing: sled makes writes durable only
-/// when it flushes (every 200 ms), and a put per chunk per package was
-/// 5 % of the agents' CPU in a 30-host run of many small files.
-pub const HAVE_SAVE_INTERVAL: std::time::Duration = std::time::Duration::from_millis(250);
+/// A package's last use is recorded at most this often: writing the record
+/// (JSON, two sled writes) on every chunk request served was a steady cost
+/// of every busy agent, for an order eviction needs only to the minute.
+const TOUCH_GRANULARITY_MS: i64 = 60_000;
+/// How often the agent checks for bitfields due to be saved (see
+/// [`Store::save_due`] and [`pacing`]).
+pub const HAVE_SAVE_INTERVAL: std::time::Duration = pacing::SAVE_MIN_INTERVAL;
 
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -785,9 +787,18 @@ impl Store {
         self.save_record(pkg, |r| r.pinned = pinned).map(|_| ())
     }
 
-    /// Marks a package as used now (LRU).
+    /// Marks a package as used now (LRU). Serving calls this for every
+    /// request, and eviction needs only a coarse order: the record is
+    /// written again only when its time is [`TOUCH_GRANULARITY_MS`] old.
     pub fn touch(&self, pkg: &Package) {
-        let _ = self.save_record(pkg, |r| r.last_used_ms = now_ms());
+        let now = now_ms();
+        let stale = {
+            let r = pkg.record.lock().unwrap_or_else(|p| p.into_inner());
+            now.saturating_sub(r.last_used_ms) >= TOUCH_GRANULARITY_MS
+        };
+        if stale {
+            let _ = self.save_record(pkg, |r| r.last_used_ms = now);
+        }
     }
 
     /// Forgets a package and deletes its content (never content seeded in
