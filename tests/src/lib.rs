@@ -12,6 +12,8 @@ use std::sync::OnceLock;
 pub mod baselines;
 pub mod controller;
 pub mod evil;
+#[cfg(target_os = "linux")]
+pub mod local_probe;
 pub mod netns;
 pub mod plot;
 pub mod process;

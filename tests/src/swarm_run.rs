@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use crate::baselines::{
     self, MethodResult, ProcStats, cpu_seconds, interrupted, peak_rss, rx_all, tx_all,
 };
+use crate::local_probe::LocalProbe;
 use crate::netns::Testbed;
 use crate::process::{AgentOptions, AgentProcess};
 use crate::swarm::Pki;
@@ -74,16 +75,6 @@ fn cli_json(a: &AgentProcess, args: &[&str]) -> Option<serde_json::Value> {
         return None;
     }
     serde_json::from_str(&run.stdout).ok()
-}
-
-/// A number from `shoal status --json`, if the agent answers.
-pub fn status_u64(a: &AgentProcess, field: &str) -> Option<u64> {
-    cli_json(a, &["status", "--json"])?[field].as_u64()
-}
-
-/// `bytes_done` of `package` (`name@version`) in `shoal list --json`.
-pub fn bytes_done(a: &AgentProcess, package: &str) -> Option<u64> {
-    a.package_field(package, "bytes_done")?.as_u64()
 }
 
 /// Distinct agents `a` knows as peers, from any source.
@@ -256,14 +247,15 @@ struct Life {
 }
 
 impl Life {
-    fn start(&mut self, a: &AgentProcess, counting_from_zero: bool) {
+    fn start(&mut self, a: &AgentProcess, probe: &mut LocalProbe, counting_from_zero: bool) {
         self.pid = a.pid();
         if counting_from_zero {
             (self.cpu_base, self.sent_base, self.received_base) = (0.0, 0, 0);
         } else {
             self.cpu_base = self.pid.and_then(cpu_seconds).unwrap_or(0.0);
-            self.sent_base = status_u64(a, "bytes_sent").unwrap_or(0);
-            self.received_base = status_u64(a, "bytes_received").unwrap_or(0);
+            let s = probe.status(&a.socket);
+            self.sent_base = s.as_ref().map_or(0, |s| s.bytes_sent);
+            self.received_base = s.as_ref().map_or(0, |s| s.bytes_received);
         }
         self.sample_rss();
     }
@@ -276,15 +268,18 @@ impl Life {
 
     /// Folds the current life's figures into the totals (before a kill,
     /// and at the end).
-    fn end(&mut self, a: &AgentProcess) {
+    fn end(&mut self, a: &AgentProcess, probe: &mut LocalProbe) {
         self.sample_rss();
         let cpu = self.pid.and_then(cpu_seconds).unwrap_or(self.cpu_base);
         self.cpu_done += (cpu - self.cpu_base).max(0.0);
-        self.sent_done += status_u64(a, "bytes_sent")
-            .unwrap_or(self.sent_base)
+        let s = probe.status(&a.socket);
+        self.sent_done += s
+            .as_ref()
+            .map_or(self.sent_base, |s| s.bytes_sent)
             .saturating_sub(self.sent_base);
-        self.received_done += status_u64(a, "bytes_received")
-            .unwrap_or(self.received_base)
+        self.received_done += s
+            .as_ref()
+            .map_or(self.received_base, |s| s.bytes_received)
             .saturating_sub(self.received_base);
         self.pid = None;
     }
@@ -346,7 +341,8 @@ enum Phase {
 /// every one holds a complete, verified copy and every outage is over.
 /// Each host's completion is when its `shoal fetch --wait` returned
 /// (as curl's exit is for HTTP); `bytes_done` is polled every 2 s for the
-/// timeline, so polling costs the CPU little. On failure, timeout or
+/// timeline over each agent's control socket from this process (see
+/// [`LocalProbe`]), so polling costs the CPU little. On failure, timeout or
 /// interrupt the fetches are cancelled (and their agents killed if that
 /// does not end them).
 pub fn distribute(
@@ -370,9 +366,10 @@ pub fn distribute(
     if out_hosts.len() != f.outages.len() {
         return Err("at most one outage per host".into());
     }
+    let mut probe = LocalProbe::new()?;
     let mut lives: Vec<Life> = (0..hosts).map(|_| Life::default()).collect();
     for (l, a) in lives.iter_mut().zip(agents.iter()) {
-        l.start(a, false);
+        l.start(a, &mut probe, false);
     }
     let tx0 = tx_all(tb)?;
     let rx0 = rx_all(tb)?;
@@ -423,7 +420,9 @@ pub fn distribute(
                     {
                         lives[i].sample_rss();
                         if i > 0 {
-                            lives[i].held = bytes_done(a, f.package).unwrap_or(lives[i].held);
+                            lives[i].held = probe
+                                .bytes_done(&a.socket, f.package)
+                                .unwrap_or(lives[i].held);
                         }
                     }
                     if i > 0 {
@@ -439,8 +438,10 @@ pub fn distribute(
                 match phases[k] {
                     Phase::Pending if t >= o.at_s => {
                         if let Some(a) = slots[o.host].as_deref_mut() {
-                            let held = bytes_done(a, f.package).unwrap_or(lives[o.host].held);
-                            lives[o.host].end(a);
+                            let held = probe
+                                .bytes_done(&a.socket, f.package)
+                                .unwrap_or(lives[o.host].held);
+                            lives[o.host].end(a, &mut probe);
                             lives[o.host].generation += 1;
                             lives[o.host].fetched = false;
                             a.kill9();
@@ -480,10 +481,10 @@ pub fn distribute(
                 match h.join() {
                     Ok(a) => {
                         let back_at_s = started.elapsed().as_secs_f64();
-                        lives[host].start(a, true);
+                        lives[host].start(a, &mut probe, true);
                         if let Some(r) = records[k].as_mut() {
                             r.back_at_s = back_at_s;
-                            r.held_after = bytes_done(a, f.package).unwrap_or(0);
+                            r.held_after = probe.bytes_done(&a.socket, f.package).unwrap_or(0);
                         }
                         eprintln!("  {} back at {back_at_s:.1} s", a.id);
                         spawn_fetch(
@@ -573,13 +574,13 @@ pub fn distribute(
         started.elapsed().as_secs_f64(),
         agents[1..]
             .iter()
-            .map(|a| bytes_done(a, f.package).unwrap_or(0))
+            .map(|a| probe.bytes_done(&a.socket, f.package).unwrap_or(0))
             .collect(),
     ));
     let tx1 = tx_all(tb)?;
     let rx1 = rx_all(tb)?;
     for (l, a) in lives.iter_mut().zip(agents.iter()) {
-        l.end(a);
+        l.end(a, &mut probe);
     }
     let diff = |a: &[u64], b: &[u64]| -> Vec<u64> {
         a.iter().zip(b).map(|(a, b)| b.saturating_sub(*a)).collect()
