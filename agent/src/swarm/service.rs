@@ -3,7 +3,7 @@
 use std::pin::Pin;
 use std::sync::Arc;
 
-use shoal_proto::identity::{Identity, parse_identity};
+use shoal_proto::identity::Identity;
 use shoal_proto::{ContentId, pb};
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::Stream;
@@ -12,6 +12,7 @@ use tonic::{Request, Response, Status};
 
 use super::SwarmContext;
 use crate::store::{Package, StoreError};
+use crate::transport::identities::IdentityCache;
 
 /// Most chunks one FetchChunks request may ask for.
 pub const MAX_CHUNKS_PER_REQUEST: usize = 256;
@@ -118,6 +119,7 @@ impl Drop for Outgoing {
 pub struct SwarmService {
     ctx: Arc<SwarmContext>,
     seeded: Arc<std::sync::Mutex<Seeded>>,
+    identities: Arc<IdentityCache>,
 }
 
 impl SwarmService {
@@ -125,6 +127,7 @@ impl SwarmService {
         Self {
             ctx,
             seeded: Arc::default(),
+            identities: Arc::default(),
         }
     }
 
@@ -196,14 +199,17 @@ impl SwarmService {
 
     /// The caller, from its verified client certificate. Re-checks the deny
     /// list: it may have changed since the connection was made.
-    fn caller<T>(&self, req: &Request<T>) -> Result<Identity, Status> {
+    fn caller<T>(&self, req: &Request<T>) -> Result<Arc<Identity>, Status> {
         let certs = req
             .peer_certs()
             .ok_or_else(|| Status::unauthenticated("a client certificate is required"))?;
         let leaf = certs
             .first()
             .ok_or_else(|| Status::unauthenticated("a client certificate is required"))?;
-        let id = parse_identity(leaf).map_err(|e| Status::unauthenticated(e.to_string()))?;
+        let id = self
+            .identities
+            .identity(leaf)
+            .map_err(|e| Status::unauthenticated(e.to_string()))?;
         if self.ctx.deny.denies(&id) {
             return Err(Status::permission_denied(format!(
                 "agent {} is denied",

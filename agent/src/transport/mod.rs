@@ -5,9 +5,11 @@
 //! holds the agent's own certificate so a renewal takes effect without a
 //! restart, [`server`] runs
 //! the accept loop that hands verified connections to tonic, [`client`]
-//! dials peers and learns who answered.
+//! dials peers and learns who answered, [`identities`] remembers what the
+//! certificates of callers say.
 
 pub mod client;
+pub mod identities;
 pub mod live_cert;
 pub mod server;
 pub mod tls;
