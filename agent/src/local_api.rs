@@ -168,7 +168,7 @@ impl pb::local_control_server::LocalControl for LocalApi {
                     addrs: e.addrs.clone(),
                     source: e.source.as_str().into(),
                     cert_fingerprint: e.fingerprint.clone().unwrap_or_default(),
-                    seconds_since_seen: e.last_seen.elapsed().as_secs(),
+                    seconds_since_seen: self.ctx.peers.last_heard(key, e).elapsed().as_secs(),
                 }
             })
             .collect();

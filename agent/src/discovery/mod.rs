@@ -4,12 +4,13 @@
 //! mDNS on the LAN ([`mdns`]), static peers from config (below), and the
 //! controller's roster for peers across subnets ([`PeerTable::sync_source`],
 //! fed by `crate::control`). Entries that stop
-//! answering age out: an entry not refreshed for half the peer timeout is
-//! probed with a TCP connect and dropped if nothing answers.
+//! answering age out: an entry neither refreshed by its source nor heard
+//! from by the swarm ([`PeerTable::contacted`]) for half the peer timeout
+//! is probed with a TCP connect and dropped if nothing answers.
 
 pub mod mdns;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -69,6 +70,9 @@ pub struct Synced {
 pub struct PeerTable {
     self_id: String,
     tx: watch::Sender<Arc<BTreeMap<PeerKey, PeerEntry>>>,
+    /// When the swarm last heard from a peer, by key. Kept beside the
+    /// entries: a change to those clones the map every reader shares.
+    contact: std::sync::Mutex<HashMap<PeerKey, Instant>>,
 }
 
 /// Probing a silent peer gives up after this long.
@@ -79,6 +83,7 @@ impl PeerTable {
         Self {
             self_id: self_id.to_owned(),
             tx: watch::channel(Arc::new(BTreeMap::new())).0,
+            contact: Default::default(),
         }
     }
 
@@ -148,24 +153,44 @@ impl PeerTable {
         out
     }
 
-    fn touch(&self, key: &str) {
-        self.tx.send_if_modified(|map| {
-            if let Some(e) = Arc::make_mut(map).get_mut(key) {
-                e.last_seen = Instant::now();
+    /// Records that the peer under `key` (its agent id, for mDNS and roster
+    /// entries) just answered or called: it is alive, no probe needed.
+    pub fn contacted(&self, key: &str) {
+        let mut contact = self.contact.lock().unwrap_or_else(|p| p.into_inner());
+        match contact.get_mut(key) {
+            Some(t) => *t = Instant::now(),
+            None => {
+                contact.insert(key.to_owned(), Instant::now());
             }
-            false
-        });
+        }
     }
 
-    /// Ages out entries: anything not seen for `timeout / 2` is probed, and
-    /// dropped if no address answers. Static peers stay (they are config).
+    /// When `entry` (under `key`) was last seen by its source or heard
+    /// from by the swarm, whichever is later.
+    pub fn last_heard(&self, key: &str, entry: &PeerEntry) -> Instant {
+        let contact = self.contact.lock().unwrap_or_else(|p| p.into_inner());
+        contact
+            .get(key)
+            .map_or(entry.last_seen, |&c| c.max(entry.last_seen))
+    }
+
+    /// Ages out entries: anything neither seen nor contacted for
+    /// `timeout / 2` is probed, and dropped if no address answers. Static
+    /// peers stay (they are config).
     pub async fn sweep(&self, timeout: Duration) {
-        let stale: Vec<(PeerKey, Vec<String>)> = self
-            .snapshot()
-            .iter()
-            .filter(|(_, e)| e.source != Source::Static && e.last_seen.elapsed() > timeout / 2)
-            .map(|(k, e)| (k.clone(), e.addrs.clone()))
-            .collect();
+        let snapshot = self.snapshot();
+        let stale: Vec<(PeerKey, Vec<String>)> = {
+            let mut contact = self.contact.lock().unwrap_or_else(|p| p.into_inner());
+            contact.retain(|k, _| snapshot.contains_key(k));
+            snapshot
+                .iter()
+                .filter(|(k, e)| {
+                    let heard = contact.get(*k).map_or(e.last_seen, |&c| c.max(e.last_seen));
+                    e.source != Source::Static && heard.elapsed() > timeout / 2
+                })
+                .map(|(k, e)| (k.clone(), e.addrs.clone()))
+                .collect()
+        };
         for (key, addrs) in stale {
             let mut alive = false;
             for a in &addrs {
@@ -178,7 +203,7 @@ impl PeerTable {
                 }
             }
             if alive {
-                self.touch(&key);
+                self.contacted(&key);
             } else {
                 tracing::info!(peer = %key, "peer stopped answering; dropping it");
                 self.remove(&key);
@@ -248,12 +273,15 @@ mod tests {
             entry(&dead_addr, Source::Mdns, Duration::ZERO),
         );
         table.upsert("static".into(), entry(&dead_addr, Source::Static, old));
+        // Silent to discovery but heard from by the swarm: not probed.
+        table.upsert("busy".into(), entry(&dead_addr, Source::Mdns, old));
+        table.contacted("busy");
         table.sweep(Duration::from_secs(30)).await;
         let keys: Vec<String> = table.snapshot().keys().cloned().collect();
-        assert_eq!(keys, vec!["alive", "fresh", "static"]);
+        assert_eq!(keys, vec!["alive", "busy", "fresh", "static"]);
         assert!(
-            table.snapshot()["alive"].last_seen.elapsed() < Duration::from_secs(5),
-            "probe refreshed it"
+            table.contact.lock().expect("lock")["alive"].elapsed() < Duration::from_secs(5),
+            "the probe counts as contact"
         );
     }
 

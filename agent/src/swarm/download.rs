@@ -360,6 +360,7 @@ impl Download {
                 origin,
             } => {
                 let agent = conn.identity.agent_id.clone();
+                self.ctx.peers.contacted(&key);
                 if self.peers.contains_key(&agent) || self.ctx.reputation.is_banned(&agent) {
                     // Same agent reached through another source.
                     let r = self.dial.entry(key).or_default();
@@ -397,6 +398,7 @@ impl Download {
             }
             Msg::Have { agent, chunks } => {
                 if let Some(p) = self.peers.get_mut(&agent) {
+                    self.ctx.peers.contacted(&p.key);
                     for c in chunks {
                         if p.have.set(c) {
                             if !p.origin {
@@ -453,6 +455,7 @@ impl Download {
                     c.chunk_fetch_seconds.observe(secs);
                 }
                 if let Some(p) = self.peers.get_mut(&agent) {
+                    self.ctx.peers.contacted(&p.key);
                     p.failures = 0;
                     p.busy_streak = 0;
                     if secs > 0.0 {

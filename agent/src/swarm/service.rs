@@ -216,6 +216,8 @@ impl SwarmService {
                 id.agent_id
             )));
         }
+        // A peer that calls is alive: discovery need not probe it.
+        self.ctx.peers.contacted(&id.agent_id);
         Ok(id)
     }
 

@@ -58,6 +58,11 @@ pub fn tls_incoming(
                     Ok(Ok(s)) => {
                         let _ = tx.send(Ok(s)).await;
                     }
+                    // Closed before a word: a reachability probe (discovery
+                    // ages peers out with a bare TCP connect) or a port scan.
+                    Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                        tracing::debug!(peer = %addr, "connection closed before a TLS handshake")
+                    }
                     Ok(Err(e)) => tracing::warn!(peer = %addr, "TLS handshake refused: {e}"),
                     Err(_) => tracing::warn!(peer = %addr, "TLS handshake timed out"),
                 }
