@@ -1,8 +1,10 @@
 //! Streaming chunk I/O in the store: a chunk is written in place under an
 //! exclusive claim and held only once the whole of it matches its hash; a
 //! chunk rotted on disk is never served whole and drops out of the
-//! bitfield; chunks a restarted store finds in its bitfield are held as
-//! claimed until their re-verification drops the bad ones.
+//! bitfield, whether it is checked against the checksum taken when it was
+//! stored or (held since before a restart) against its hash; chunks a
+//! restarted store finds in its bitfield are held as claimed until their
+//! re-verification drops the bad ones.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -230,6 +232,55 @@ async fn chunks_claimed_at_restart_are_held_until_reverified_and_dropped_if_bad(
             .expect("again")
             .is_empty()
     );
+}
+
+/// Reads `chunk` whole through a reader, as serving does.
+async fn serve(store: &Store, pkg: &Arc<Package>, chunk: u32) -> Result<Vec<u8>, StoreError> {
+    let mut r = store.chunk_reader(pkg, chunk, 300 << 10)?;
+    let mut out = Vec::new();
+    while let Some((_, data)) = r.next_piece(store).await? {
+        out.extend_from_slice(&data);
+    }
+    Ok(out)
+}
+
+/// Chunks held from before a restart have no checksum yet: serving checks
+/// their hash, and a rotted one is still caught; once served, a chunk is
+/// checked against the checksum it learned, which catches rot as well.
+#[tokio::test]
+async fn chunks_held_across_a_restart_are_checked_when_served() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let (store, pkg, bytes) = setup(work.path()).await;
+    for c in 0..2 {
+        assert!(
+            store
+                .write_chunk(&pkg, c, piece(&bytes, c as usize, 0, CHUNK))
+                .await
+                .expect("write")
+        );
+    }
+    store.save_dirty().expect("save");
+    let file = pkg.root().join("data.bin");
+    drop(pkg);
+    drop(store);
+
+    flip_byte(&file, (CHUNK + 99) as u64);
+    let store = Store::open(&work.path().join("data"), 0)
+        .await
+        .expect("reopen");
+    let pkg = store.list().into_iter().next().expect("restored");
+    assert_eq!(
+        serve(&store, &pkg, 0).await.expect("sound"),
+        &bytes[..CHUNK]
+    );
+    let err = serve(&store, &pkg, 1).await.expect_err("rotted");
+    assert!(matches!(err, StoreError::Corrupt { chunk: 1 }), "{err}");
+
+    // Chunk 0 rots after it was served once.
+    flip_byte(&file, 12_345);
+    let err = serve(&store, &pkg, 0).await.expect_err("rotted later");
+    assert!(matches!(err, StoreError::Corrupt { chunk: 0 }), "{err}");
+    assert!(!pkg.has_chunk(0) && !pkg.has_chunk(1));
 }
 
 /// Small files share chunks (fixed chunking packs them): a packed chunk is

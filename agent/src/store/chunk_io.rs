@@ -9,9 +9,11 @@
 //! served or trusted (a restart re-verifies), so writing them in place is
 //! safe; the claim keeps two senders of the same chunk from interleaving.
 //!
-//! A [`ChunkReader`] hashes what it reads and holds back a chunk's last
-//! piece until the whole chunk has matched, so a chunk rotted on disk ends
-//! in an error rather than reaching the peer complete.
+//! A [`ChunkReader`] checks what it reads (against the CRC-32C recorded when
+//! the chunk was verified, else its hash: see [`super::checksums`]) and
+//! holds back a chunk's last piece until the whole chunk has matched, so a
+//! chunk rotted on disk ends in an error rather than reaching the peer
+//! complete.
 //!
 //! Both open a file in the same blocking call as the first piece that
 //! touches it: a chunk of a small file is one piece, and a hand-off to the
@@ -25,6 +27,7 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 
+use super::checksums::{HashAndCrc, ReadCheck};
 use super::direct::{AlignedBuf, ContentFile};
 use super::{Package, Store, StoreError, blocking, io_err};
 
@@ -47,7 +50,9 @@ pub struct ChunkWriter {
     open: Option<OpenFile>,
     len: u32,
     written: u32,
-    hasher: Option<Box<blake3::Hasher>>,
+    /// The chunk's hash and CRC-32C so far; the CRC is recorded if the
+    /// hash matches (see [`super::checksums`]).
+    digests: Option<Box<HashAndCrc>>,
     /// Where direct writes are staged (aligned); reused piece to piece.
     scratch: Option<AlignedBuf>,
     expected: blake3::Hash,
@@ -82,8 +87,8 @@ impl ChunkWriter {
                 self.remaining()
             )));
         }
-        let mut hasher = self
-            .hasher
+        let mut digests = self
+            .digests
             .take()
             .ok_or_else(|| StoreError::Internal("chunk writer used after an error".into()))?;
         let mut scratch = match self.scratch.take() {
@@ -93,8 +98,8 @@ impl ChunkWriter {
         let (regions, mut open) = (self.regions.clone(), self.open.take());
         let at = self.written;
         let n = data.len() as u32;
-        let (hasher, scratch, open) = blocking(move || {
-            hasher.update(&data);
+        let (digests, scratch, open) = blocking(move || {
+            digests.update(&data);
             for (r, (from, to)) in pieces(&regions, at, n) {
                 let region = &regions[r];
                 let file = open_region(&mut open, r, region, ContentFile::open_write)?;
@@ -109,10 +114,10 @@ impl ChunkWriter {
                     open = None;
                 }
             }
-            Ok((hasher, scratch, open))
+            Ok((digests, scratch, open))
         })
         .await?;
-        self.hasher = Some(hasher);
+        self.digests = Some(digests);
         self.scratch = Some(scratch);
         self.open = open;
         self.written += n;
@@ -197,8 +202,7 @@ pub struct ChunkReader {
     len: u32,
     read: u32,
     piece: u32,
-    hasher: Option<Box<blake3::Hasher>>,
-    expected: blake3::Hash,
+    check: Option<ReadCheck>,
 }
 
 impl ChunkReader {
@@ -210,14 +214,13 @@ impl ChunkReader {
         }
         let at = self.read;
         let n = self.piece.min(self.len - at);
-        let mut hasher = self
-            .hasher
+        let mut check = self
+            .check
             .take()
             .ok_or_else(|| StoreError::Internal("chunk reader used after an error".into()))?;
         let (regions, mut open) = (self.regions.clone(), self.open.take());
         let last = at + n == self.len;
-        let expected = self.expected;
-        let (data, hasher, ok, open) = blocking(move || {
+        let (data, check, verdict, open) = blocking(move || {
             let parts: Vec<_> = pieces(&regions, at, n).collect();
             let mut out = BytesMut::with_capacity(if parts.len() > 1 { n as usize } else { 0 });
             let mut data = Bytes::new();
@@ -248,15 +251,17 @@ impl ChunkReader {
                     data.len()
                 )));
             }
-            hasher.update(&data);
-            let ok = !last || hasher.finalize() == expected;
-            Ok((data, hasher, ok, open))
+            check.update(&data);
+            let verdict = last.then(|| check.finish());
+            Ok((data, check, verdict, open))
         })
         .await?;
-        if !ok {
-            return Err(store.drop_corrupt(&self.pkg, self.chunk));
+        match verdict {
+            Some((false, _)) => return Err(store.drop_corrupt(&self.pkg, self.chunk)),
+            Some((true, Some(crc))) => self.pkg.checksums.set(self.chunk, crc),
+            _ => {}
         }
-        self.hasher = Some(hasher);
+        self.check = Some(check);
         self.open = open;
         self.read += n;
         Ok(Some((at, data)))
@@ -322,7 +327,7 @@ impl Store {
             open: None,
             len,
             written: 0,
-            hasher: Some(Box::default()),
+            digests: Some(Box::default()),
             scratch: None,
             expected,
         }))
@@ -338,13 +343,17 @@ impl Store {
                 w.len
             )));
         }
-        let hasher = w
-            .hasher
+        let digests = w
+            .digests
             .take()
             .ok_or_else(|| StoreError::Internal("chunk writer used after an error".into()))?;
-        if hasher.finalize() != w.expected {
+        if digests.hasher.finalize() != w.expected {
             return Ok(ChunkOutcome::Mismatch);
         }
+        w.claim
+            .pkg
+            .checksums
+            .set(w.claim.chunk, digests.crc.value());
         self.record_chunk(&w.claim.pkg, w.claim.chunk)?;
         Ok(ChunkOutcome::Stored)
     }
@@ -368,8 +377,7 @@ impl Store {
             len,
             read: 0,
             piece: piece.max(1),
-            hasher: Some(Box::default()),
-            expected,
+            check: Some(ReadCheck::new(pkg.checksums.get(chunk), expected)),
         })
     }
 }

@@ -10,6 +10,7 @@
 //! least recently used finished packages that are not pinned.
 
 mod bitfield;
+mod checksums;
 mod chunk_io;
 mod direct;
 mod files;
@@ -116,6 +117,8 @@ pub struct Package {
     have: Mutex<Bitfield>,
     /// Chunks of the bitfield not yet saved to the state database.
     unsaved: Mutex<pacing::Unsaved>,
+    /// CRC-32C of chunks verified here, to check them when served.
+    checksums: checksums::Checksums,
     /// Chunks a [`ChunkWriter`] is writing right now.
     writing: Mutex<std::collections::HashSet<u32>>,
     claim_released: tokio::sync::Notify,
@@ -124,7 +127,8 @@ pub struct Package {
     /// Chunks the bitfield claimed at start-up, not hashed since: a crash
     /// may have recorded a chunk whose bytes never reached the disk. The
     /// download re-verifies them ([`Store::verify_restored`]) while it
-    /// fetches the rest; serving re-hashes every chunk anyway.
+    /// fetches the rest; serving checks every chunk's hash anyway until
+    /// it has a checksum.
     unverified: Mutex<Vec<u32>>,
 }
 
@@ -298,6 +302,7 @@ impl Store {
         record: PackageRecord,
     ) -> Arc<Package> {
         let unsaved = pacing::Unsaved::new(manifest.total_size);
+        let checksums = checksums::Checksums::new(manifest.chunks.len());
         let pkg = Arc::new(Package {
             id,
             manifest: Arc::new(manifest),
@@ -306,6 +311,7 @@ impl Store {
             root_is_file,
             have: Mutex::new(have),
             unsaved: Mutex::new(unsaved),
+            checksums,
             writing: Mutex::default(),
             claim_released: tokio::sync::Notify::new(),
             have_tx: broadcast::channel(HAVE_BACKLOG).0,
@@ -680,6 +686,8 @@ impl Store {
                 });
                 if read.is_err() || blake3::hash(&data) != hash {
                     bad.push(i);
+                } else {
+                    p.checksums.set(i, checksums::Crc::of(&data));
                 }
             }
             Ok((bad, Vec::new()))
@@ -731,6 +739,7 @@ impl Store {
     /// (it will be fetched again) and pause a package that was complete.
     fn drop_corrupt(&self, pkg: &Package, chunk: u32) -> StoreError {
         tracing::error!(package = %pkg.name_version(), chunk, "stored chunk fails its hash; dropping it");
+        pkg.checksums.clear(chunk);
         let saved = {
             let mut have = pkg.lock_have();
             have.clear(chunk);
