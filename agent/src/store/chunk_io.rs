@@ -28,7 +28,7 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 
 use super::checksums::{HashAndCrc, ReadCheck};
-use super::direct::{AlignedBuf, ContentFile};
+use super::direct::{ALIGN, AlignedBuf, ContentFile, Span, align_down};
 use super::{Package, Store, StoreError, blocking, io_err};
 
 /// Files shorter than this go through the page cache both ways. A direct
@@ -55,7 +55,21 @@ pub struct ChunkWriter {
     digests: Option<Box<HashAndCrc>>,
     /// Where direct writes are staged (aligned); reused piece to piece.
     scratch: Option<AlignedBuf>,
+    /// The start of a block the last piece left incomplete.
+    carry: Option<Carry>,
     expected: blake3::Hash,
+}
+
+/// The first bytes of a block inside a region, held back until the next
+/// piece completes the block: written in two halves, it would go through
+/// the page cache, and a later direct read of it would have to wait for
+/// the kernel to write that page back (see [`super::direct`]).
+#[derive(Debug)]
+struct Carry {
+    region: usize,
+    /// File offset of the block (aligned).
+    offset: u64,
+    bytes: Vec<u8>,
 }
 
 /// How a finished [`ChunkWriter`] turned out.
@@ -95,34 +109,80 @@ impl ChunkWriter {
             Some(b) if b.capacity() >= data.len() => b,
             _ => AlignedBuf::new(data.len().max(super::direct::POOLED_LEN)),
         };
-        let (regions, mut open) = (self.regions.clone(), self.open.take());
+        let (regions, mut open, mut carry) =
+            (self.regions.clone(), self.open.take(), self.carry.take());
         let at = self.written;
         let n = data.len() as u32;
-        let (digests, scratch, open) = blocking(move || {
+        let (digests, scratch, open, carry) = blocking(move || {
             digests.update(&data);
             for (r, (from, to)) in pieces(&regions, at, n) {
                 let region = &regions[r];
                 let file = open_region(&mut open, r, region, ContentFile::open_write)?;
                 let bytes = &data[(from - at) as usize..(to - at) as usize];
-                file.write_at(
-                    bytes,
-                    region.offset + u64::from(from - region.at),
-                    &mut scratch,
-                )
-                .map_err(io_err(&region.path))?;
+                let offset = region.offset + u64::from(from - region.at);
+                write_piece(file, (r, region), bytes, offset, &mut carry, &mut scratch)
+                    .map_err(io_err(&region.path))?;
                 if to == region.end() {
                     open = None;
                 }
             }
-            Ok((digests, scratch, open))
+            Ok((digests, scratch, open, carry))
         })
         .await?;
         self.digests = Some(digests);
         self.scratch = Some(scratch);
         self.open = open;
+        self.carry = carry;
         self.written += n;
         Ok(())
     }
+}
+
+/// Writes bytes of region `r` at file `offset` onwards: first the block
+/// `carry` started, if these bytes complete it; then all but a trailing
+/// part block, which is held back in `carry` if the region goes on.
+fn write_piece(
+    file: &ContentFile,
+    (r, region): (usize, &Region),
+    mut bytes: &[u8],
+    mut offset: u64,
+    carry: &mut Option<Carry>,
+    scratch: &mut AlignedBuf,
+) -> std::io::Result<()> {
+    let span = region.span();
+    if let Some(mut c) = carry.take() {
+        // Pieces come in order, so what a piece held back is continued by
+        // the next one, in the same region.
+        if c.region != r || c.offset + c.bytes.len() as u64 != offset {
+            return Err(std::io::Error::other(
+                "a held-back block is not continued by the next piece",
+            ));
+        }
+        let need = (ALIGN - c.bytes.len()).min(bytes.len());
+        c.bytes.extend_from_slice(&bytes[..need]);
+        bytes = &bytes[need..];
+        offset += need as u64;
+        if c.bytes.len() < ALIGN && offset < span.end {
+            *carry = Some(c);
+            return Ok(());
+        }
+        file.write_at(&c.bytes, c.offset, &span, scratch)?;
+    }
+    let end = offset + bytes.len() as u64;
+    let keep = align_down(end);
+    if end < span.end && keep != end && keep >= offset && keep >= span.start {
+        let split = (keep - offset) as usize;
+        *carry = Some(Carry {
+            region: r,
+            offset: keep,
+            bytes: bytes[split..].to_vec(),
+        });
+        bytes = &bytes[..split];
+    }
+    if bytes.is_empty() {
+        return Ok(());
+    }
+    file.write_at(bytes, offset, &span, scratch)
 }
 
 /// One file's part of a chunk: all of a chunk but in a packed one.
@@ -141,6 +201,11 @@ pub(super) struct Region {
 impl Region {
     fn end(&self) -> u32 {
         self.at + self.len
+    }
+
+    /// Where in its file (file offsets, end exclusive).
+    fn span(&self) -> Span {
+        self.offset..self.offset + u64::from(self.len)
     }
 }
 
@@ -231,11 +296,13 @@ impl ChunkReader {
                 let len = (to - from) as usize;
                 if parts.len() == 1 {
                     // The usual case: one file, no copy.
-                    data = file.read_at(offset, len).map_err(io_err(&region.path))?;
+                    data = file
+                        .read_at(offset, len, &region.span())
+                        .map_err(io_err(&region.path))?;
                 } else {
                     let start = out.len();
                     out.resize(start + len, 0);
-                    file.read_exact_at(&mut out[start..], offset)
+                    file.read_exact_at(&mut out[start..], offset, &region.span())
                         .map_err(io_err(&region.path))?;
                 }
                 if to == region.end() {
@@ -329,13 +396,14 @@ impl Store {
             written: 0,
             digests: Some(Box::default()),
             scratch: None,
+            carry: None,
             expected,
         }))
     }
 
     /// Verifies a fully written chunk and, if it matches, records it held.
     pub async fn finish_chunk(&self, mut w: ChunkWriter) -> Result<ChunkOutcome, StoreError> {
-        if w.written != w.len {
+        if w.written != w.len || w.carry.is_some() {
             return Err(StoreError::Internal(format!(
                 "chunk {} finished with {} of {} bytes",
                 w.chunk(),

@@ -4,13 +4,24 @@
 //! Package content is written once and read back only to serve peers, so
 //! caching it buys little and costs a lot: every byte copied into a fresh
 //! page-cache page, dirty pages written back later, and a desktop's working
-//! set evicted by a 4 GiB image. Direct I/O moves the aligned middle of each
-//! piece between the agent's own (reused) buffers and the device; the
-//! unaligned edges, where a chunk starts or ends inside a block, go through
-//! the page cache, which the kernel keeps coherent with direct I/O. Measured
-//! here (a VM whose fresh pages are expensive): a buffered write cost about
-//! 3 CPU-seconds per GB, a direct one 0.2.
+//! set evicted by a 4 GiB image. Direct I/O moves whole blocks between the
+//! agent's own (reused) buffers and the device. Measured here (a VM whose
+//! fresh pages are expensive): a buffered write cost about 3 CPU-seconds
+//! per GB, a direct one 0.2.
+//!
+//! A block lies either inside one region of a file (one chunk's part of
+//! it: see `chunk_io`) or across a region's edge, where a chunk starts or
+//! ends inside a block. Inside blocks always go direct, edge blocks always
+//! through the page cache, both ways. So a direct transfer never meets a
+//! dirty cached page: where one does, the kernel must first write that
+//! page back and wait for it, which reading every small file of a course
+//! package cost once per file per peer.
+//!
+//! A file is opened once, with `O_DIRECT` where the file system takes it;
+//! the flag is switched off and on again (`fcntl`) around edge blocks,
+//! which costs far less than a second open of the same path.
 
+use std::cell::Cell;
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::path::Path;
@@ -23,7 +34,7 @@ use super::files;
 /// this (the largest logical block size in common use).
 pub const ALIGN: usize = 4096;
 
-fn align_down(x: u64) -> u64 {
+pub fn align_down(x: u64) -> u64 {
     x & !(ALIGN as u64 - 1)
 }
 
@@ -75,7 +86,12 @@ impl AlignedBuf {
     }
 
     fn slice_mut(&mut self, len: usize) -> &mut [u8] {
-        &mut self.buf[self.start..self.start + len]
+        self.range_mut(0, len)
+    }
+
+    /// Bytes `from..to` of the usable part.
+    fn range_mut(&mut self, from: usize, to: usize) -> &mut [u8] {
+        &mut self.buf[self.start + from..self.start + to]
     }
 }
 
@@ -100,138 +116,239 @@ impl AsRef<[u8]> for Filled {
     }
 }
 
-/// One content file, opened buffered and, where supported, also direct.
+/// One content file, open once; direct where the file system allows.
 #[derive(Debug)]
 pub struct ContentFile {
-    buffered: File,
-    direct: Option<File>,
+    file: File,
+    /// Direct I/O works on this file.
+    direct_ok: Cell<bool>,
+    /// `O_DIRECT` is set on the open file now.
+    direct_now: Cell<bool>,
+}
+
+/// Where a file's region starts and ends (file offsets, end exclusive).
+pub type Span = std::ops::Range<u64>;
+
+/// The whole blocks inside `region`.
+fn inside(region: &Span) -> (u64, u64) {
+    (align_up(region.start), align_down(region.end))
 }
 
 #[cfg(target_os = "linux")]
-fn open_direct(path: &Path, write: bool) -> Option<File> {
+fn open_direct(opts: &OpenOptions, path: &Path) -> io::Result<File> {
     use std::os::unix::fs::OpenOptionsExt;
-    let mut o = OpenOptions::new();
+    let mut o = opts.clone();
     o.custom_flags(libc::O_DIRECT);
-    if write {
-        o.write(true);
-    } else {
-        o.read(true);
-    }
-    // EINVAL: the file system does not do direct I/O (tmpfs before 6.6,
-    // some FUSE and network file systems). Buffered I/O serves then.
-    o.open(path).ok()
+    o.open(path)
 }
 
 #[cfg(not(target_os = "linux"))]
-fn open_direct(_path: &Path, _write: bool) -> Option<File> {
-    None
+fn open_direct(_opts: &OpenOptions, _path: &Path) -> io::Result<File> {
+    Err(io::Error::from_raw_os_error(libc::EINVAL))
 }
 
-/// A direct transfer the device refused (alignment it does not accept):
-/// the caller repeats it buffered.
+/// A direct transfer the device or file system refused (alignment it does
+/// not accept, no direct I/O at all): the caller repeats it buffered.
 fn refused(e: &io::Error) -> bool {
     e.raw_os_error() == Some(libc::EINVAL)
 }
 
 impl ContentFile {
-    /// Opens a content file for writing (made if missing, see
-    /// [`files::prepare`]); `direct` asks for the
-    /// page-cache bypass.
-    pub fn open_write(path: &Path, direct: bool) -> io::Result<Self> {
-        Ok(Self {
-            buffered: files::open_for_write(path)?,
-            direct: if direct {
-                open_direct(path, true)
-            } else {
-                None
-            },
-        })
-    }
-
-    /// Opens a content file for reading.
-    pub fn open_read(path: &Path, direct: bool) -> io::Result<Self> {
-        Ok(Self {
-            buffered: File::open(path)?,
-            direct: if direct {
-                open_direct(path, false)
-            } else {
-                None
-            },
-        })
-    }
-
-    /// Writes `data` at `offset`: the whole blocks inside it directly,
-    /// through `scratch` (at least `data.len()` bytes), the partial blocks
-    /// at its ends buffered.
-    pub fn write_at(&self, data: &[u8], offset: u64, scratch: &mut AlignedBuf) -> io::Result<()> {
-        let end = offset + data.len() as u64;
-        let (a0, a1) = (align_up(offset), align_down(end));
-        let Some(direct) = &self.direct else {
-            return files::write_at(&self.buffered, data, offset);
-        };
-        if a1 <= a0 || (a1 - a0) as usize > scratch.capacity() {
-            return files::write_at(&self.buffered, data, offset);
-        }
-        let (head, rest) = data.split_at((a0 - offset) as usize);
-        let (middle, tail) = rest.split_at((a1 - a0) as usize);
-        if !head.is_empty() {
-            files::write_at(&self.buffered, head, offset)?;
-        }
-        let buf = scratch.slice_mut(middle.len());
-        buf.copy_from_slice(middle);
-        match files::write_at(direct, buf, a0) {
-            Ok(()) => {}
-            Err(e) if refused(&e) => files::write_at(&self.buffered, middle, a0)?,
-            Err(e) => return Err(e),
-        }
-        if !tail.is_empty() {
-            files::write_at(&self.buffered, tail, a1)?;
-        }
-        Ok(())
-    }
-
-    /// Fills `buf` from `offset`: buffered straight into it, direct
-    /// through an aligned buffer.
-    pub fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        if self.direct.is_some() {
-            let data = self.read_at(offset, buf.len())?;
-            buf.copy_from_slice(&data);
-            return Ok(());
-        }
-        files::read_at(&self.buffered, buf, offset)
-    }
-
-    /// Reads `len` bytes at `offset`. Direct reads cover the enclosing
-    /// blocks and hand out the part asked for without another copy.
-    pub fn read_at(&self, offset: u64, len: usize) -> io::Result<Bytes> {
-        if let Some(direct) = &self.direct {
-            let (a0, a1) = (align_down(offset), align_up(offset + len as u64));
-            let mut buf = AlignedBuf::new((a1 - a0) as usize);
-            match read_direct(direct, &mut buf, a0) {
-                Ok(n) if n >= (offset - a0) as usize + len => {
-                    let skip = (offset - a0) as usize;
-                    return Ok(Bytes::from_owner(Filled(buf)).slice(skip..skip + len));
+    fn open(opts: &OpenOptions, path: &Path, direct: bool) -> io::Result<Self> {
+        if direct {
+            match open_direct(opts, path) {
+                Ok(file) => {
+                    return Ok(Self {
+                        file,
+                        direct_ok: Cell::new(true),
+                        direct_now: Cell::new(true),
+                    });
                 }
-                Ok(_) => return Err(io::ErrorKind::UnexpectedEof.into()),
+                // tmpfs before 6.6, some FUSE and network file systems.
                 Err(e) if refused(&e) => {}
                 Err(e) => return Err(e),
             }
         }
+        Ok(Self {
+            file: opts.open(path)?,
+            direct_ok: Cell::new(false),
+            direct_now: Cell::new(false),
+        })
+    }
+
+    /// Opens a content file for writing (made if missing, see
+    /// [`files::prepare`]); `direct` asks for the page-cache bypass.
+    pub fn open_write(path: &Path, direct: bool) -> io::Result<Self> {
+        Self::open(&files::write_options(), path, direct)
+    }
+
+    /// Opens a content file for reading.
+    pub fn open_read(path: &Path, direct: bool) -> io::Result<Self> {
+        let mut o = OpenOptions::new();
+        o.read(true);
+        Self::open(&o, path, direct)
+    }
+
+    /// Turns `O_DIRECT` on or off for what follows; false when direct
+    /// I/O was asked for and is not to be had.
+    fn set_direct(&self, on: bool) -> bool {
+        if on && !self.direct_ok.get() {
+            return false;
+        }
+        if self.direct_now.get() == on {
+            return true;
+        }
+        match set_o_direct(&self.file, on) {
+            Ok(()) => {
+                self.direct_now.set(on);
+                true
+            }
+            Err(_) => {
+                if on {
+                    self.direct_ok.set(false);
+                }
+                false
+            }
+        }
+    }
+
+    /// Writes `data` at `offset`, inside `region` (the file's part of one
+    /// chunk): whole blocks inside the region directly, through `scratch`
+    /// (at least `data.len()` bytes), the rest through the page cache.
+    pub fn write_at(
+        &self,
+        data: &[u8],
+        offset: u64,
+        region: &Span,
+        scratch: &mut AlignedBuf,
+    ) -> io::Result<()> {
+        let end = offset + data.len() as u64;
+        let (i0, i1) = inside(region);
+        let (d0, d1) = (align_up(offset.max(i0)), align_down(end.min(i1)));
+        if d1 <= d0 || (d1 - d0) as usize > scratch.capacity() || !self.direct_ok.get() {
+            return self.write_buffered(data, offset);
+        }
+        let at = |x: u64| (x - offset) as usize;
+        let (head, middle, tail) = (&data[..at(d0)], &data[at(d0)..at(d1)], &data[at(d1)..]);
+        let buf = scratch.slice_mut(middle.len());
+        buf.copy_from_slice(middle);
+        if self.set_direct(true) {
+            match files::write_at(&self.file, buf, d0) {
+                Ok(()) => {}
+                Err(e) if refused(&e) => {
+                    self.direct_ok.set(false);
+                    self.write_buffered(middle, d0)?;
+                }
+                Err(e) => return Err(e),
+            }
+        } else {
+            self.write_buffered(middle, d0)?;
+        }
+        if !head.is_empty() {
+            self.write_buffered(head, offset)?;
+        }
+        if !tail.is_empty() {
+            self.write_buffered(tail, d1)?;
+        }
+        Ok(())
+    }
+
+    fn write_buffered(&self, data: &[u8], offset: u64) -> io::Result<()> {
+        self.leave_direct()?;
+        files::write_at(&self.file, data, offset)
+    }
+
+    fn read_buffered(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        self.leave_direct()?;
+        files::read_at(&self.file, buf, offset)
+    }
+
+    fn leave_direct(&self) -> io::Result<()> {
+        if self.direct_now.get() && !self.set_direct(false) {
+            return Err(io::Error::other(
+                "cannot turn direct I/O off on a content file",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Fills `buf` from `offset`, inside `region`, as [`Self::read_at`].
+    pub fn read_exact_at(&self, buf: &mut [u8], offset: u64, region: &Span) -> io::Result<()> {
+        if self.direct_ok.get() {
+            let data = self.read_at(offset, buf.len(), region)?;
+            buf.copy_from_slice(&data);
+            return Ok(());
+        }
+        self.read_buffered(buf, offset)
+    }
+
+    /// Reads `len` bytes at `offset`, inside `region`: the region's whole
+    /// blocks directly (reading all of each block touched, and handing
+    /// out the part asked for without another copy), its edge blocks
+    /// through the page cache.
+    pub fn read_at(&self, offset: u64, len: usize, region: &Span) -> io::Result<Bytes> {
+        let end = offset + len as u64;
+        let (i0, i1) = inside(region);
+        let (d0, d1) = (align_down(offset).max(i0), align_up(end).min(i1));
+        if d1 > d0 && self.direct_ok.get() {
+            let a0 = align_down(offset);
+            let mut buf = AlignedBuf::new((align_up(end) - a0) as usize);
+            if self.set_direct(true) {
+                let filled = read_direct(
+                    &self.file,
+                    buf.range_mut((d0 - a0) as usize, (d1 - a0) as usize),
+                    d0,
+                );
+                match filled {
+                    Ok(n) if n == (d1 - d0) as usize => {
+                        if offset < d0 {
+                            let part = buf.range_mut((offset - a0) as usize, (d0 - a0) as usize);
+                            self.read_buffered(part, offset)?;
+                        }
+                        if d1 < end {
+                            let part = buf.range_mut((d1 - a0) as usize, (end - a0) as usize);
+                            self.read_buffered(part, d1)?;
+                        }
+                        let skip = (offset - a0) as usize;
+                        return Ok(Bytes::from_owner(Filled(buf)).slice(skip..skip + len));
+                    }
+                    Ok(_) => return Err(io::ErrorKind::UnexpectedEof.into()),
+                    Err(e) if refused(&e) => self.direct_ok.set(false),
+                    Err(e) => return Err(e),
+                }
+            }
+        }
         let mut buf = vec![0u8; len];
-        files::read_at(&self.buffered, &mut buf, offset)?;
+        self.read_buffered(&mut buf, offset)?;
         Ok(Bytes::from(buf))
     }
 }
 
-/// Fills `buf` from `offset` until it is full or the file ends; returns
-/// the bytes read (short only at the end of the file).
+#[cfg(target_os = "linux")]
+fn set_o_direct(file: &File, on: bool) -> io::Result<()> {
+    use rustix::fs::{OFlags, fcntl_getfl, fcntl_setfl};
+    let mut flags = fcntl_getfl(file)?;
+    flags.set(OFlags::DIRECT, on);
+    fcntl_setfl(file, flags)?;
+    Ok(())
+}
+
+#[cfg(not(target_os = "linux"))]
+fn set_o_direct(_file: &File, on: bool) -> io::Result<()> {
+    if on {
+        Err(io::Error::from_raw_os_error(libc::EINVAL))
+    } else {
+        Ok(())
+    }
+}
+
+/// Fills `dst` (aligned) from `offset` until it is full or the file ends;
+/// returns the bytes read (short only at the end of the file).
 #[cfg(unix)]
-fn read_direct(file: &File, buf: &mut AlignedBuf, offset: u64) -> io::Result<usize> {
+fn read_direct(file: &File, dst: &mut [u8], offset: u64) -> io::Result<usize> {
     use std::os::unix::fs::FileExt;
-    let cap = buf.capacity();
-    let dst = buf.slice_mut(cap);
     let mut done = 0;
-    while done < cap {
+    while done < dst.len() {
         match file.read_at(&mut dst[done..], offset + done as u64) {
             Ok(0) => break,
             // A direct read stops short only at the end of the file, where
@@ -245,7 +362,7 @@ fn read_direct(file: &File, buf: &mut AlignedBuf, offset: u64) -> io::Result<usi
 }
 
 #[cfg(not(unix))]
-fn read_direct(_file: &File, _buf: &mut AlignedBuf, _offset: u64) -> io::Result<usize> {
+fn read_direct(_file: &File, _dst: &mut [u8], _offset: u64) -> io::Result<usize> {
     Err(io::Error::from_raw_os_error(libc::EINVAL))
 }
 
@@ -266,8 +383,10 @@ mod tests {
         }
     }
 
-    /// Unaligned pieces at unaligned offsets, written direct where the
-    /// file system allows, read back direct and buffered: same bytes.
+    /// Unaligned pieces at unaligned offsets, each its own region (as
+    /// chunks of content-defined chunking are), written direct where the
+    /// file system allows, read back direct and buffered, whole or region
+    /// by region: same bytes.
     #[test]
     fn writes_and_reads_round_trip_at_any_alignment() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -285,11 +404,13 @@ mod tests {
         let mut pieces: Vec<(usize, usize)> = cuts.windows(2).map(|p| (p[0], p[1])).collect();
         // The last piece is larger than the scratch buffer: buffered.
         pieces.reverse();
-        for (a, b) in pieces {
-            w.write_at(&want[a..b], a as u64, &mut scratch)
+        for &(a, b) in &pieces {
+            let region = a as u64..b as u64;
+            w.write_at(&want[a..b], a as u64, &region, &mut scratch)
                 .expect("write");
         }
         drop(w);
+        let whole = 0..size as u64;
         for direct in [true, false] {
             let r = ContentFile::open_read(&path, direct).expect("open");
             for (off, len) in [
@@ -299,15 +420,22 @@ mod tests {
                 (size - 1, 1),
                 (123_457, 524_288),
             ] {
-                let got = r.read_at(off as u64, len).expect("read");
+                let got = r.read_at(off as u64, len, &whole).expect("read");
                 assert_eq!(
                     &got[..],
                     &want[off..off + len],
                     "direct={direct} {off}+{len}"
                 );
             }
+            for &(a, b) in &pieces {
+                let got = r.read_at(a as u64, b - a, &(a as u64..b as u64));
+                assert_eq!(&got.expect("read")[..], &want[a..b], "region {a}..{b}");
+            }
+            let mut buf = vec![0u8; 5000];
+            r.read_exact_at(&mut buf, 4000, &whole).expect("read");
+            assert_eq!(buf, &want[4000..9000]);
             assert!(
-                r.read_at(size as u64 - 10, 11).is_err(),
+                r.read_at(size as u64 - 10, 11, &whole).is_err(),
                 "read past the end"
             );
         }

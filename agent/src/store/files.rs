@@ -44,7 +44,7 @@ pub fn prepare(root: &Path, manifest: &Manifest) -> io::Result<()> {
             EntryKind::Dir => fs::create_dir_all(&path)?,
             EntryKind::File { size } => {
                 if (1..PREALLOCATE_MIN).contains(size) {
-                    // Made by the first write to it (see `open_for_write`);
+                    // Made by the first write to it (see `write_options`);
                     // its directory is an entry of its own, made above.
                     continue;
                 }
@@ -105,14 +105,12 @@ pub fn read_at(file: &File, mut buf: &mut [u8], mut offset: u64) -> io::Result<(
     Ok(())
 }
 
-/// Opens a content file for writing, creating it if it is a small file
-/// [`prepare`] left to the first write.
-pub fn open_for_write(path: &Path) -> io::Result<File> {
-    OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(path)
+/// How content files are opened for writing: created if it is a small
+/// file [`prepare`] left to the first write.
+pub fn write_options() -> OpenOptions {
+    let mut o = OpenOptions::new();
+    o.write(true).create(true).truncate(false);
+    o
 }
 
 /// Reads `len` bytes at `offset`.
